@@ -1,0 +1,3 @@
+from imgindex.cli import main
+
+main()

@@ -1,0 +1,348 @@
+"""The ``imgindex`` command: parses arguments, calls the core, prints results.
+
+Data goes to stdout (``--json`` on every read command), progress and logs to stderr. Errors a
+user can fix are printed as one ``error: ...`` line with exit status 1 at a single boundary
+(``_Boundary``); ``--verbose`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from imgindex.errors import ImgIndexError
+from imgindex.paths import resolve_data_dir
+
+
+class _Boundary(TyperGroup):
+    """Turns ImgIndexError into ``error: ...`` on stderr and exit status 1."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ImgIndexError as exc:
+            if (ctx.obj or {}).get("verbose"):
+                traceback.print_exc()
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(
+    cls=_Boundary,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Index photo folders by visual similarity: similar images and clusters.",
+)
+clusters_app = typer.Typer(
+    cls=_Boundary,
+    pretty_exceptions_enable=False,
+    help="Show the clusters the library's images fall into.",
+)
+app.add_typer(clusters_app, name="clusters")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
+
+
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            envvar="IMGINDEX_DATA_DIR",
+            show_envvar=True,
+            help="Library folder [default: $STATE_DIRECTORY, else $XDG_DATA_HOME/imgindex].",
+        ),
+    ] = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log more; show tracebacks.")
+    ] = False,
+) -> None:
+    ctx.obj = {"data_dir": resolve_data_dir(data_dir), "verbose": verbose}
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _data_dir(ctx: typer.Context) -> Path:
+    root = ctx.find_root()
+    return root.obj["data_dir"]
+
+
+def _open(ctx: typer.Context, *, write: bool = False, purpose: str = "imgindex"):
+    from imgindex.library import Library
+
+    return Library.open(_data_dir(ctx), write=write, purpose=purpose)
+
+
+def _echo_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _existing_dir(path: Path) -> Path:
+    if not path.is_dir():
+        raise ImgIndexError(f"{path}: no such folder")
+    return path.resolve()
+
+
+def _parse_k(k: str | None) -> str | None:
+    if k is None or k == "auto":
+        return k
+    if not k.isdigit() or int(k) < 1:
+        raise ImgIndexError(f"--k {k}: expected a whole number of clusters >= 1, or 'auto'")
+    return str(int(k))
+
+
+@app.command()
+def init(
+    ctx: typer.Context,
+    dirs: Annotated[list[Path], typer.Argument(help="Photo folders (roots) to index.")],
+    k: Annotated[
+        str | None, typer.Option("--k", help="Number of clusters, or 'auto' (silhouette).")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Embedding model (see `imgindex models`).")
+    ] = None,
+) -> None:
+    """Create a library with these roots (or add roots to the existing one)."""
+    from imgindex.library import Library
+
+    roots = [_existing_dir(d) for d in dirs]
+    with Library.create(_data_dir(ctx), roots, k=_parse_k(k), model=model) as lib:
+        typer.echo(
+            f"library {lib.paths.root}: model {lib.model}, k {lib.k_setting}, "
+            f"roots {', '.join(map(str, lib.roots()))}",
+            err=True,
+        )
+        typer.echo("next: imgindex index", err=True)
+
+
+def _run_pass(
+    lib: Any,
+    folders: list[Path] | None,
+    batch_size: int,
+    workers: int | None,
+    max_pixels: int,
+    weights: Path | None,
+) -> Any:
+    from imgindex.ingest import Ingestor
+
+    bar: Any = None
+
+    def start(total: int) -> None:
+        nonlocal bar
+        bar = typer.progressbar(length=max(total, 1), label="indexing", file=sys.stderr)
+        bar.__enter__()
+
+    ingestor = Ingestor(
+        lib,
+        batch_size=batch_size,
+        workers=workers,
+        max_pixels=max_pixels,
+        weights=weights,
+        progress=lambda n: bar and bar.update(n),
+    )
+    try:
+        return ingestor.run(folders, on_start=start)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+
+
+def _summary(report: Any, as_json: bool) -> None:
+    if as_json:
+        _echo_json(asdict(report))
+        return
+    typer.echo(
+        f"{report.seen} files: {report.embedded} embedded, {report.reused} reused, "
+        f"{report.moved} moved, {report.unchanged} unchanged, {report.failed} failed, "
+        f"{report.pending} to retry, {report.removed} removed ({report.seconds:.1f} s)",
+        err=True,
+    )
+    for root in report.frozen:
+        typer.echo(f"warning: {root} is unavailable; left untouched", err=True)
+    if report.failed:
+        typer.echo("see `imgindex status --failed` for the reasons", err=True)
+
+
+BatchOpt = Annotated[int, typer.Option(help="Images per model batch.")]
+WorkersOpt = Annotated[int | None, typer.Option(help="Decode threads [default: cores, 2-8].")]
+PixelsOpt = Annotated[int, typer.Option(help="Refuse images with more pixels than this.")]
+WeightsOpt = Annotated[Path | None, typer.Option(help="Model weights file (no download).")]
+
+
+@app.command()
+def index(
+    ctx: typer.Context,
+    dirs: Annotated[
+        list[Path] | None, typer.Argument(help="Only these folders (under roots).")
+    ] = None,
+    batch_size: BatchOpt = 16,
+    workers: WorkersOpt = None,
+    max_pixels: PixelsOpt = 300_000_000,
+    weights: WeightsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """One pass over the roots: embed new and changed files, drop deleted ones."""
+    folders = [_existing_dir(d) for d in dirs] if dirs else None
+    with _open(ctx, write=True, purpose="imgindex index") as lib:
+        report = _run_pass(lib, folders, batch_size, workers, max_pixels, weights)
+    _summary(report, as_json)
+
+
+@app.command()
+def reindex(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Option(help="The model to re-embed every image with.")],
+    batch_size: BatchOpt = 16,
+    workers: WorkersOpt = None,
+    max_pixels: PixelsOpt = 300_000_000,
+    weights: WeightsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Switch the library to another model and re-embed everything."""
+    from imgindex.models import get_spec
+
+    get_spec(model)  # unknown names fail before anything changes
+    with _open(ctx, write=True, purpose="imgindex reindex") as lib:
+        lib.switch_model(model)
+        report = _run_pass(lib, None, batch_size, workers, max_pixels, weights)
+    _summary(report, as_json)
+
+
+@app.command()
+def similar(
+    ctx: typer.Context,
+    photo: Annotated[Path, typer.Argument(help="A photo, in the library or not.")],
+    k: Annotated[int, typer.Option("-k", "--top", help="How many neighbours.")] = 10,
+    weights: WeightsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The images most similar to PHOTO, best first, with cosine scores."""
+    from imgindex.query import similar_to
+
+    with _open(ctx) as lib:
+        matches = similar_to(lib, photo, k=k, weights=weights)
+    if as_json:
+        _echo_json(
+            [{"path": m.path, "score": round(m.score, 6), "cluster": m.cluster} for m in matches]
+        )
+        return
+    for m in matches:
+        typer.echo(f"{m.score:.4f}  {m.path}")
+
+
+@clusters_app.callback(invoke_without_command=True)
+def clusters(
+    ctx: typer.Context,
+    list_: Annotated[bool, typer.Option("--list", help="List the clusters (the default).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """List clusters with their sizes and representative images."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from imgindex.clusterstore import list_clusters
+
+    with _open(ctx) as lib, lib.engine.connect() as conn:
+        rows = list_clusters(conn, lib.dim)
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        typer.echo("no clusters yet: run `imgindex index`", err=True)
+    for row in rows:
+        typer.echo(f"{row['id']:>4}  {row['size']:>7}  " + "  ".join(row["representatives"]))
+
+
+@clusters_app.command("show")
+def clusters_show(
+    ctx: typer.Context,
+    cluster_id: Annotated[int, typer.Argument(metavar="ID", help="Cluster id.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Every member of cluster ID, nearest to its centre first."""
+    from imgindex.clusterstore import show_cluster
+
+    with _open(ctx) as lib, lib.engine.connect() as conn:
+        data = show_cluster(conn, cluster_id, lib.dim)
+    if as_json:
+        _echo_json(data)
+        return
+    typer.echo(f"cluster {data['id']}: {data['size']} images", err=True)
+    for m in data["members"]:
+        typer.echo(m["path"])
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    failed: Annotated[
+        bool, typer.Option("--failed", help="List files that failed, and why.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Roots, model, k and counts (or the failed files)."""
+    with _open(ctx) as lib:
+        data: Any = lib.failed() if failed else lib.status()
+    if as_json:
+        _echo_json(data)
+    elif failed:
+        for row in data:
+            typer.echo(f"{row['path']}\t{row['status']}: {row['reason']}")
+    else:
+        for key, value in data.items():
+            if key == "roots":
+                value = ", ".join(
+                    r["path"] + ("" if r["available"] else " (unavailable)") for r in value
+                )
+            typer.echo(f"{key:>14}: {value}")
+
+
+@app.command()
+def models(as_json: JsonOpt = False) -> None:
+    """The embedding models this imgindex knows."""
+    from imgindex.models import DEFAULT_MODEL, available_models
+
+    specs = available_models()
+    if as_json:
+        _echo_json(
+            [
+                {
+                    "name": s.name,
+                    "dim": s.dim,
+                    "default": s.name == DEFAULT_MODEL,
+                    "description": s.description,
+                }
+                for s in specs
+            ]
+        )
+        return
+    for s in specs:
+        mark = "*" if s.name == DEFAULT_MODEL else " "
+        typer.echo(f"{mark} {s.name:<20} {s.dim:>5}-d  {s.description}")
+
+
+@app.command()
+def migrate(ctx: typer.Context) -> None:
+    """Upgrade the library's database schema (also done on every open)."""
+    from imgindex.migrate import SCHEMA_HEAD
+
+    with _open(ctx, write=True, purpose="imgindex migrate"):
+        typer.echo(f"schema at revision {SCHEMA_HEAD}", err=True)
+
+
+def main() -> None:
+    """Console entry point."""
+    app(prog_name="imgindex")

@@ -1,0 +1,52 @@
+"""One exception hierarchy: everything a user can cause derives from ImgIndexError.
+
+The CLI catches ImgIndexError at a single boundary, prints ``error: <message>`` on stderr and
+exits 1. Anything else is a bug and shows a traceback.
+"""
+
+from __future__ import annotations
+
+
+class ImgIndexError(Exception):
+    """Base class of every error a user can cause or fix."""
+
+
+class LibraryNotFound(ImgIndexError):
+    """No library exists in the data directory."""
+
+
+class LibraryLocked(ImgIndexError):
+    """Another process holds the library's write lock."""
+
+
+class SchemaTooNew(ImgIndexError):
+    """The database was written by a newer imgindex."""
+
+
+class ModelMismatch(ImgIndexError):
+    """The library was built with another embedding model."""
+
+
+class UnknownModel(ImgIndexError):
+    """No embedding model of that name."""
+
+
+class WeightsUnavailable(ImgIndexError):
+    """Model weights could not be found or downloaded."""
+
+
+class NotInLibrary(ImgIndexError):
+    """A path or cluster the user named is not in the library."""
+
+
+class DecodeFailure(ImgIndexError):
+    """A file could not be decoded into an image.
+
+    ``retryable`` is true when the failure may be transient (a truncated file that is still
+    being written); such files are retried later instead of being recorded as failed.
+    """
+
+    def __init__(self, reason: str, *, retryable: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable

@@ -1,0 +1,359 @@
+"""The ingestion core shared by ``imgindex index`` and the daemon.
+
+Files flow through a pool of decode workers (read, check the file is stable, hash, and either
+find the same content already indexed or decode it at the model's input size) into batches that
+the model embeds while the workers decode the next ones. Each batch is written to SQLite in one
+transaction together with its cluster update and the ``index_version`` bump; the in-memory FAISS
+index follows after the commit and is saved at checkpoints and at the end, so a crash at any
+moment only leaves a FAISS file that the next open catches up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Connection, select, update
+
+from imgindex import organize, store
+from imgindex.decode import DEFAULT_MAX_PIXELS, decode_for_model
+from imgindex.errors import DecodeFailure, NotInLibrary
+from imgindex.library import Library
+from imgindex.models import get_spec
+from imgindex.scan import FileStat, walk
+from imgindex.schema import STATUS_FAILED, STATUS_INDEXED, STATUS_PENDING, images
+
+log = logging.getLogger(__name__)
+
+RETRY_WINDOW_S = 600.0  # a truncated file modified this recently may still be being written
+RETRY_DELAY_S = 30.0
+CHECKPOINT_S = 60.0  # save the FAISS index at least this often during long runs
+
+
+@dataclass
+class Report:
+    """What one pass did."""
+
+    seen: int = 0
+    unchanged: int = 0
+    embedded: int = 0
+    reused: int = 0  # same content already indexed elsewhere: vector copied, nothing embedded
+    moved: int = 0  # same content whose old path vanished: row follows the file
+    failed: int = 0
+    pending: int = 0  # to be retried later (still being written)
+    removed: int = 0
+    frozen: list[str] = field(default_factory=list)  # roots skipped because unavailable
+    seconds: float = 0.0
+
+
+@dataclass
+class Prepared:
+    """A file after the decode worker: ``kind`` is known, decoded, failed or changed."""
+
+    root_id: int
+    fs: FileStat
+    kind: str
+    content_hash: str | None = None
+    pixels: np.ndarray | None = None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    reason: str | None = None
+    retryable: bool = False
+    source: Any = None  # row with the same content, for ``known``
+
+
+class Ingestor:
+    """Embeds, stores and clusters files for one writable library."""
+
+    def __init__(
+        self,
+        lib: Library,
+        *,
+        batch_size: int = 16,
+        workers: int | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        weights: Path | None = None,
+        embedder: Any = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        if not lib.writable:
+            raise ValueError("the library must be opened for writing")
+        self.lib = lib
+        self.batch_size = batch_size
+        self.workers = workers or max(2, min(8, os.cpu_count() or 2))
+        self.max_pixels = max_pixels
+        self.weights = weights
+        self.progress = progress
+        self.input_size = get_spec(lib.model).input_size
+        self._embedder = embedder
+        self._saved_at = time.monotonic()
+        self.report = Report()
+
+    # --- full passes --------------------------------------------------------------------------
+
+    def run(
+        self, folders: list[Path] | None = None, on_start: Callable[[int], None] | None = None
+    ) -> Report:
+        """One pass over the roots (or some folders under them): new and changed files are
+        embedded, vanished ones removed, then clusters and the index are brought up to date.
+        ``on_start`` is told how many files need work once the folders are walked."""
+        start = time.monotonic()
+        self.lib.vectors  # noqa: B018 - load and catch up the FAISS index before changing it
+        plans = [self._scan(root_id, folder) for root_id, folder in self._targets(folders)]
+        if on_start:
+            on_start(sum(len(todo) for todo, _ in plans))
+        for todo, missing in plans:
+            self.ingest(todo)
+            self.remove_missing(missing)
+        self.drain()
+        self.report.seconds = time.monotonic() - start
+        return self.report
+
+    def _targets(self, folders: list[Path] | None) -> list[tuple[int, Path]]:
+        with self.lib.engine.connect() as conn:
+            roots = store.list_roots(conn)
+        if not folders:
+            return roots
+        out = []
+        for folder in folders:
+            owner = [(rid, r) for rid, r in roots if folder == r or r in folder.parents]
+            if not owner:
+                raise NotInLibrary(
+                    f"{folder} is not under any root of the library; add it with "
+                    f"`imgindex init {folder}`"
+                )
+            out.append((owner[0][0], folder))
+        return out
+
+    def _scan(self, root_id: int, folder: Path) -> tuple[list[tuple[int, FileStat]], list[str]]:
+        """``(files needing work, paths no longer on disk)`` for one folder."""
+        with self.lib.engine.connect() as conn:
+            prefix = str(folder).rstrip(os.sep) + os.sep
+            known = {
+                p: r for p, r in store.rows_under(conn, root_id).items() if p.startswith(prefix)
+            }
+        try:
+            on_disk = list(walk(folder))
+        except OSError as exc:
+            return self._freeze(folder, exc.strerror or str(exc))
+        if not on_disk and any(r[3] == STATUS_INDEXED for r in known.values()):
+            return self._freeze(folder, "it is empty (an unmounted disk?)")
+        todo = []
+        for fs in on_disk:
+            row = known.get(fs.path)
+            if row and (row[1], row[2]) == (fs.size, fs.mtime_ns) and row[3] != STATUS_PENDING:
+                self.report.unchanged += 1
+            else:
+                todo.append((root_id, fs))
+        self.report.seen += len(on_disk)
+        seen = {fs.path for fs in on_disk}
+        return todo, [p for p in known if p not in seen]
+
+    def _freeze(self, folder: Path, why: str) -> tuple[list, list]:
+        log.warning("root %s is unavailable (%s): left as it is, nothing removed", folder, why)
+        self.report.frozen.append(str(folder))
+        return [], []
+
+    # --- the pipeline ---------------------------------------------------------------------------
+
+    def ingest(self, files: Iterable[tuple[int, FileStat]]) -> None:
+        """Embed and store ``(root_id, file)`` pairs; decoding overlaps with the model."""
+        pending: list[Prepared] = []
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="decode") as pool:
+            for prepared in _ordered_map(pool, self._prepare, files, self.workers * 4):
+                pending.append(prepared)
+                decoded = sum(p.kind == "decoded" for p in pending)
+                if decoded >= self.batch_size or len(pending) >= 8 * self.batch_size:
+                    self._flush(pending)
+                    pending = []
+            self._flush(pending)
+
+    def _prepare(self, item: tuple[int, FileStat]) -> Prepared:
+        """Runs in a worker thread: read, verify stable, hash, look up, decode."""
+        root_id, fs = item
+        try:
+            with open(fs.path, "rb") as fh:
+                data = fh.read()
+            st = os.stat(fs.path)
+        except OSError as exc:
+            return Prepared(root_id, fs, "failed", reason=f"cannot read: {exc.strerror}")
+        if (st.st_size, st.st_mtime_ns) != (fs.size, fs.mtime_ns) or len(data) != st.st_size:
+            return Prepared(root_id, FileStat(fs.path, st.st_size, st.st_mtime_ns), "changed")
+        digest = hashlib.blake2b(data, digest_size=20).hexdigest()
+        with self.lib.engine.connect() as conn:
+            source = store.find_indexed_by_hash(conn, digest, self.lib.model)
+        if source is not None:
+            return Prepared(root_id, fs, "known", digest, source=source)
+        try:
+            img = decode_for_model(data, size=self.input_size, max_pixels=self.max_pixels)
+        except DecodeFailure as exc:
+            return Prepared(
+                root_id, fs, "failed", digest, reason=exc.reason, retryable=exc.retryable
+            )
+        return Prepared(
+            root_id, fs, "decoded", digest, img.pixels, img.width, img.height, img.format
+        )
+
+    def _embed(self, batch: list[Prepared]) -> np.ndarray:
+        if not batch:
+            return np.empty((0, self.lib.dim), dtype=np.float32)
+        if self._embedder is None:
+            from imgindex.models import load_embedder
+
+            self._embedder = load_embedder(
+                self.lib.model, weights=self.weights, cache_dir=self.lib.paths.weights
+            )
+        return self._embedder.embed(np.stack([p.pixels for p in batch]))
+
+    def _flush(self, batch: list[Prepared]) -> None:
+        if not batch:
+            return
+        to_embed = [p for p in batch if p.kind == "decoded"]
+        vectors = dict(zip((id(p) for p in to_embed), self._embed(to_embed), strict=True))
+        added: list[tuple[int, np.ndarray]] = []
+        removed: list[int] = []
+        with self.lib.engine.begin() as conn:
+            for p in batch:
+                self._apply(conn, p, vectors.get(id(p)), added, removed)
+            new_ids = np.array([i for i, _ in added], dtype=np.int64)
+            new_vecs = np.stack([v for _, v in added]) if added else None
+            if added or removed:
+                version = store.bump_index_version(conn)
+                organize.after_batch(conn, self.lib.k_setting, self.lib.dim, new_ids, new_vecs)
+            store.add_to_counter(conn, "embedded_total", len(to_embed))
+        if added or removed:
+            vi = self.lib.vectors
+            vi.remove(np.array(removed, dtype=np.int64))
+            vi.add(new_ids, new_vecs)
+            vi.version = version
+        self.report.embedded += len(to_embed)
+        if self.progress:
+            self.progress(len(batch))
+        if time.monotonic() - self._saved_at > CHECKPOINT_S:
+            self.lib.save_index()
+            self._saved_at = time.monotonic()
+
+    def _apply(
+        self, conn: Connection, p: Prepared, vector: np.ndarray | None, added: list, removed: list
+    ) -> None:
+        """Write one prepared file; records FAISS changes in ``added``/``removed``."""
+        old = store.find_by_path(conn, p.fs.path)
+        now = time.time()
+        base = {
+            "path": p.fs.path,
+            "root_id": p.root_id,
+            "size": p.fs.size,
+            "mtime_ns": p.fs.mtime_ns,
+            "content_hash": p.content_hash,
+            "updated_at": now,
+        }
+        if p.kind == "known":
+            src = conn.execute(select(images).where(images.c.id == p.source.id)).first()
+            if old is not None and src is not None and old.id == src.id:  # touched only
+                conn.execute(update(images).where(images.c.id == old.id).values(**base))
+                return
+            self._drop(conn, old, removed)
+            if src is not None and not os.path.exists(src.path):  # moved or renamed
+                conn.execute(update(images).where(images.c.id == src.id).values(**base))
+                self.report.moved += 1
+                return
+            self.report.reused += 1
+            vector = store.blob_to_vector(p.source.vector)
+            row = {
+                **base,
+                "width": p.source.width,
+                "height": p.source.height,
+                "format": p.source.format,
+            }
+            self._insert_indexed(conn, row, vector, added)
+        elif p.kind == "decoded":
+            self._drop(conn, old, removed)
+            row = {**base, "width": p.width, "height": p.height, "format": p.format}
+            self._insert_indexed(conn, row, vector, added)
+        else:
+            self._drop(conn, old, removed)
+            retry = p.kind == "changed" or (
+                p.retryable and now - p.fs.mtime_ns / 1e9 < RETRY_WINDOW_S
+            )
+            reason = "still being written; will retry" if p.kind == "changed" else p.reason
+            if retry:
+                reason = reason if p.kind == "changed" else f"{reason}; will retry"
+                self.report.pending += 1
+            else:
+                self.report.failed += 1
+            conn.execute(
+                images.insert().values(
+                    **base,
+                    status=STATUS_PENDING if retry else STATUS_FAILED,
+                    reason=reason,
+                    retry_after=now + RETRY_DELAY_S if retry else None,
+                )
+            )
+
+    def _insert_indexed(self, conn: Connection, row: dict, vector: np.ndarray, added: list) -> None:
+        new_id = conn.execute(
+            images.insert().values(
+                **row,
+                status=STATUS_INDEXED,
+                model=self.lib.model,
+                vector=store.vector_to_blob(vector),
+            )
+        ).inserted_primary_key[0]
+        added.append((new_id, np.asarray(vector, dtype=np.float32)))
+
+    @staticmethod
+    def _drop(conn: Connection, old: Any, removed: list) -> None:
+        if old is not None:
+            store.delete_images(conn, [old.id])
+            if old.status == STATUS_INDEXED:
+                removed.append(old.id)
+
+    # --- removal and the end of a pass ----------------------------------------------------------
+
+    def remove_missing(self, paths: Iterable[str]) -> int:
+        """Delete the rows of files that are no longer on disk (moved rows were updated)."""
+        gone = []
+        with self.lib.engine.begin() as conn:
+            for path in paths:
+                row = store.find_by_path(conn, path)
+                if row is not None and not os.path.exists(path):
+                    gone.append((row.id, row.status))
+            store.delete_images(conn, [i for i, _ in gone])
+            dropped = np.array([i for i, s in gone if s == STATUS_INDEXED], dtype=np.int64)
+            if len(dropped):
+                version = store.bump_index_version(conn)
+        if len(dropped):
+            self.lib.vectors.remove(dropped)
+            self.lib.vectors.version = version
+        self.report.removed += len(gone)
+        return len(gone)
+
+    def drain(self) -> None:
+        """Work is done for now: refresh clusters and save the index."""
+        with self.lib.engine.begin() as conn:
+            organize.after_drain(conn, self.lib.k_setting, self.lib.dim)
+        self.lib.save_index()
+        self._saved_at = time.monotonic()
+
+
+def _ordered_map(
+    pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterable[Any], window: int
+) -> Iterator[Any]:
+    """``pool.map`` that keeps at most ``window`` items in flight (bounded memory)."""
+    queue: deque[Future] = deque()
+    for item in items:
+        queue.append(pool.submit(fn, item))
+        if len(queue) >= window:
+            yield queue.popleft().result()
+    while queue:
+        yield queue.popleft().result()

@@ -1,0 +1,290 @@
+"""A library: one data directory with its SQLite database, FAISS cache and settings.
+
+Opening never imports torch or scikit-learn: read commands (``similar`` on an indexed photo,
+``clusters``, ``status``) only need SQLite, numpy and FAISS.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine, delete, func, select, update
+
+from imgindex import store
+from imgindex.errors import LibraryNotFound, ModelMismatch
+from imgindex.migrate import ensure_schema
+from imgindex.models import DEFAULT_MODEL, get_spec
+from imgindex.paths import LibraryPaths
+from imgindex.schema import (
+    STATUS_FAILED,
+    STATUS_INDEXED,
+    STATUS_PENDING,
+    clusters,
+    images,
+    meta,
+)
+from imgindex.vindex import VectorIndex
+
+log = logging.getLogger(__name__)
+
+K_AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Match:
+    """One search result."""
+
+    path: str
+    score: float
+    cluster: int | None
+
+
+class Library:
+    """An open library. Use ``Library.open`` or ``Library.create``; close it when done."""
+
+    def __init__(self, paths: LibraryPaths, engine: Engine, lock: store.WriteLock | None) -> None:
+        self.paths = paths
+        self.engine = engine
+        self._lock = lock
+        self._vindex: VectorIndex | None = None
+        with engine.connect() as conn:
+            settings = store.all_meta(conn)
+        self.model: str = settings.get("model", DEFAULT_MODEL)
+        self.dim: int = int(settings.get("dim", "0"))
+        self.k_setting: str = settings.get("k", K_AUTO)
+
+    # --- opening ------------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls, data_dir: Path, roots: list[Path], *, k: str | None = None, model: str | None = None
+    ) -> Library:
+        """Create a library (or add roots to an existing one) and open it for writing."""
+        paths = LibraryPaths(data_dir)
+        paths.root.mkdir(parents=True, exist_ok=True)
+        lib = cls._open(paths, write=True, purpose="imgindex init")
+        try:
+            lib._configure(roots, k=k, model=model)
+        except BaseException:
+            lib.close()
+            raise
+        return lib
+
+    @classmethod
+    def open(cls, data_dir: Path, *, write: bool = False, purpose: str = "imgindex") -> Library:
+        """Open an existing library; ``write`` takes the library's write lock."""
+        paths = LibraryPaths(data_dir)
+        if not paths.db.exists():
+            raise LibraryNotFound(
+                f"no library in {paths.root}; create one with `imgindex init DIR...` "
+                "(or point --data-dir / IMGINDEX_DATA_DIR at an existing one)"
+            )
+        return cls._open(paths, write=write, purpose=purpose)
+
+    @classmethod
+    def _open(cls, paths: LibraryPaths, *, write: bool, purpose: str) -> Library:
+        lock = store.WriteLock(paths.lock, purpose) if write else None
+        if lock:
+            lock.acquire()
+        engine = store.make_engine(paths.db)
+        try:
+            ensure_schema(engine, paths.db)
+            lib = cls(paths, engine, lock)
+            if lib.dim:
+                lib._check_model()
+        except BaseException:
+            engine.dispose()
+            if lock:
+                lock.release()
+            raise
+        if write:
+            for stale in paths.root.glob(f".{paths.index.name}.*.tmp"):
+                stale.unlink(missing_ok=True)  # left by a crash during a save
+        return lib
+
+    def _configure(self, roots: list[Path], *, k: str | None, model: str | None) -> None:
+        with self.engine.begin() as conn:
+            if not self.dim:
+                spec = get_spec(model or DEFAULT_MODEL)
+                store.set_meta(conn, "model", spec.name)
+                store.set_meta(conn, "dim", spec.dim)
+                store.set_meta(conn, "created_at", time.time())
+                self.model, self.dim = spec.name, spec.dim
+            elif model and get_spec(model).name != self.model:
+                raise self._mismatch(model)
+            if k is not None:
+                store.set_meta(conn, "k", k)
+                self.k_setting = k
+            for root in roots:
+                store.add_root(conn, root)
+
+    def _check_model(self) -> None:
+        spec = get_spec(self.model)
+        if spec.dim != self.dim:
+            raise ModelMismatch(
+                f"library {self.paths.root} holds {self.dim}-d vectors but model {self.model} "
+                f"makes {spec.dim}-d ones; rebuild with `imgindex reindex --model {self.model}`"
+            )
+
+    def _mismatch(self, wanted: str) -> ModelMismatch:
+        return ModelMismatch(
+            f"library {self.paths.root} was built with model {self.model}, not {wanted}; "
+            f"to switch, run `imgindex reindex --model {wanted}` (re-embeds every image)"
+        )
+
+    def require_model(self, model: str | None) -> None:
+        """Refuse to go on when the caller asked for a model other than the library's."""
+        if model and get_spec(model).name != self.model:
+            raise self._mismatch(model)
+
+    def switch_model(self, model: str) -> None:
+        """Forget every vector and cluster and adopt ``model``; every image becomes pending,
+        so the next pass re-embeds it. One transaction: vectors of two models never mix."""
+        spec = get_spec(model)
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(images)
+                .where(images.c.status != STATUS_FAILED)
+                .values(
+                    status=STATUS_PENDING,
+                    reason="waiting to be embedded with the new model",
+                    vector=None,
+                    model=None,
+                    cluster_id=None,
+                    content_hash=None,
+                )
+            )
+            conn.execute(delete(clusters))
+            for key in ("cluster_consolidated_at", "cluster_auto_k", "cluster_n_steps"):
+                conn.execute(delete(meta).where(meta.c.key == key))
+            store.set_meta(conn, "model", spec.name)
+            store.set_meta(conn, "dim", spec.dim)
+            store.bump_index_version(conn)
+        self.model, self.dim = spec.name, spec.dim
+        self._vindex = VectorIndex(self.dim)
+
+    @property
+    def writable(self) -> bool:
+        return self._lock is not None
+
+    def close(self) -> None:
+        self.engine.dispose()
+        if self._lock:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> Library:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- the FAISS cache ------------------------------------------------------------------------
+
+    @property
+    def vectors(self) -> VectorIndex:
+        """The FAISS index, caught up with SQLite (saved back when this process may write)."""
+        if self._vindex is None:
+            self._vindex = self._load_index()
+        return self._vindex
+
+    def _load_index(self) -> VectorIndex:
+        vi = VectorIndex.load(self.paths.index, self.dim) or VectorIndex(self.dim)
+        with self.engine.connect() as conn:
+            version = int(store.get_meta(conn, "index_version", "0") or 0)
+            if vi.version == version and vi.version >= 0:
+                return vi
+            vi = self._catch_up(vi, conn)
+        vi.version = version
+        if self.writable:
+            vi.save(self.paths.index)
+        return vi
+
+    def _catch_up(self, vi: VectorIndex, conn: Any) -> VectorIndex:
+        """Make ``vi`` hold every indexed vector exactly once and nothing else."""
+        have = vi.ids()
+        want = store.indexed_ids(conn)
+        if len(np.unique(have)) != len(have):  # cannot happen by design; never trust it
+            vi, have = VectorIndex(self.dim), np.empty(0, dtype=np.int64)
+        extra = np.setdiff1d(have, want, assume_unique=True)
+        missing = np.setdiff1d(want, have, assume_unique=True)
+        if len(missing) > len(want) // 2:
+            vi = VectorIndex(self.dim)
+            for ids, vecs, _ in store.iter_vectors(conn, self.dim):
+                vi.add(ids, vecs)
+        else:
+            vi.remove(extra)
+            vi.add(*store.vectors_for(conn, missing.tolist(), self.dim))
+        log.info("caught the vector index up: %d added, %d removed", len(missing), len(extra))
+        return vi
+
+    def save_index(self) -> None:
+        if self._vindex is not None and self.writable:
+            self._vindex.save(self.paths.index)
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def roots(self) -> list[Path]:
+        with self.engine.connect() as conn:
+            return [p for _, p in store.list_roots(conn)]
+
+    def status(self) -> dict[str, Any]:
+        """Settings and counts, as ``imgindex status`` shows them."""
+        with self.engine.connect() as conn:
+            counts = store.count_by_status(conn)
+            settings = store.all_meta(conn)
+            n_clusters = conn.execute(select(func.count()).select_from(clusters)).scalar()
+        return {
+            "data_dir": str(self.paths.root),
+            "roots": [{"path": str(p), "available": p.is_dir()} for p in self.roots()],
+            "model": self.model,
+            "dim": self.dim,
+            "k": self.k_setting,
+            "clusters": n_clusters,
+            "indexed": counts.get(STATUS_INDEXED, 0),
+            "failed": counts.get(STATUS_FAILED, 0),
+            "pending": counts.get(STATUS_PENDING, 0),
+            "index_size": self.vectors.size,
+            "embedded_total": int(settings.get("embedded_total", "0")),
+        }
+
+    def failed(self) -> list[dict[str, Any]]:
+        q = (
+            select(images.c.path, images.c.reason, images.c.status)
+            .where(images.c.status != STATUS_INDEXED)
+            .order_by(images.c.path)
+        )
+        with self.engine.connect() as conn:
+            return [{"path": p, "reason": r, "status": s} for p, r, s in conn.execute(q)]
+
+    def stored_vector(self, path: Path) -> tuple[int, np.ndarray] | None:
+        """``(id, vector)`` of an indexed, unchanged file, or None."""
+        with self.engine.connect() as conn:
+            row = store.find_by_path(conn, str(path))
+        if row is None or row.status != STATUS_INDEXED or row.model != self.model:
+            return None
+        st = path.stat()
+        if (st.st_size, st.st_mtime_ns) != (row.size, row.mtime_ns):
+            return None
+        return row.id, store.blob_to_vector(row.vector)
+
+    def search(self, vector: np.ndarray, k: int = 10, exclude: int | None = None) -> list[Match]:
+        """The ``k`` nearest indexed images to ``vector`` (cosine), best first."""
+        vi = self.vectors
+        if vi.size == 0:
+            return []
+        scores, ids = vi.search(vector, k + (exclude is not None))
+        pairs = [
+            (int(i), float(s))
+            for i, s in zip(ids[0], scores[0], strict=True)
+            if i >= 0 and i != exclude
+        ][:k]
+        with self.engine.connect() as conn:
+            q = select(images.c.id, images.c.path, images.c.cluster_id)
+            info = {r.id: r for r in conn.execute(q.where(images.c.id.in_([i for i, _ in pairs])))}
+        return [Match(info[i].path, s, info[i].cluster_id) for i, s in pairs if i in info]

@@ -1,0 +1,84 @@
+"""Schema upgrades, run from code with Alembic on every open of a library.
+
+The installed package carries the migrations as ``imgindex._migrations`` (``pyproject.toml`` maps
+the top-level ``migrations/`` folder there); a source checkout uses ``migrations/`` directly.
+Alembic itself is imported only when the database is not already at ``SCHEMA_HEAD``, so opening
+an up-to-date library stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sqlite3
+from pathlib import Path
+
+from sqlalchemy import Engine, inspect, text
+
+from imgindex.errors import SchemaTooNew
+
+log = logging.getLogger(__name__)
+
+#: The newest revision this code knows; ``tests/test_migrations.py`` checks it is Alembic's head.
+SCHEMA_HEAD = "0002"
+
+
+def migrations_dir() -> Path:
+    """Folder holding ``env.py`` and ``versions/``, installed or in a source checkout."""
+    spec = importlib.util.find_spec("imgindex._migrations")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return Path(__file__).resolve().parents[1] / "migrations"
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision recorded in the database, or None for an empty database."""
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def known_revisions() -> set[str]:
+    """Every revision shipped with this code."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory(str(migrations_dir()))
+    return {rev.revision for rev in script.walk_revisions()}
+
+
+def backup(db_path: Path, revision: str) -> Path:
+    """Copy the database with SQLite's online backup before changing its schema."""
+    dest = db_path.with_name(f"{db_path.name}.before-{revision}.bak")
+    with sqlite3.connect(db_path) as src, sqlite3.connect(dest) as dst:
+        src.backup(dst)
+    return dest
+
+
+def upgrade(engine: Engine, db_path: Path, target: str = "head") -> None:
+    """Upgrade the database to ``target``, backing it up first when it holds data."""
+    from alembic import command
+    from alembic.config import Config
+
+    rev = current_revision(engine)
+    if rev is not None and target != rev:
+        log.info("backed up the database to %s before migrating", backup(db_path, rev))
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, target)
+
+
+def ensure_schema(engine: Engine, db_path: Path) -> None:
+    """Bring the database to ``SCHEMA_HEAD``; refuse one written by a newer imgindex."""
+    rev = current_revision(engine)
+    if rev == SCHEMA_HEAD:
+        return
+    if rev is not None and rev not in known_revisions():
+        raise SchemaTooNew(
+            f"database {db_path} has schema revision {rev}, newer than this imgindex knows "
+            f"({SCHEMA_HEAD}); upgrade imgindex (pip install -U imgindex) or use --data-dir "
+            "to open another library"
+        )
+    upgrade(engine, db_path)

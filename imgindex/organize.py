@@ -1,0 +1,162 @@
+"""Keeps cluster assignments current as images arrive and leave.
+
+- ``after_batch``: inside the ingest transaction, one ``partial_fit`` on the new vectors and
+  their assignment (cost independent of the library size), or a consolidation when the library
+  has doubled since the last one (amortised, geometric).
+- ``after_drain``: when a run or the daemon's queue drains, a consolidation if the library
+  changed by more than ``REFRESH_RATIO`` (or k must be re-chosen), else every image is
+  re-assigned to the current centres. Either way every assignment then reflects the centres.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from sqlalchemy import Connection, func, select
+
+from imgindex import cluster, store
+from imgindex.clusterstore import get_meta_json, load_state, save_state, set_meta_json
+from imgindex.schema import STATUS_INDEXED, images
+
+log = logging.getLogger(__name__)
+
+FIRST_FIT = 64  # vectors needed before clusters form during a run (a drain forms them earlier)
+GROWTH_RATIO = 2.0  # consolidate during a run when the library doubles
+REFRESH_RATIO = 0.1  # consolidate at a drain when the library changed by more than 10 %
+SAMPLE_FIT = 50_000  # vectors used by a consolidation's batch k-means
+SAMPLE_K = 2_000  # vectors used to choose k by silhouette
+SEED = 0
+
+
+def _count(conn: Connection) -> int:
+    q = select(func.count()).select_from(images).where(images.c.status == STATUS_INDEXED)
+    return int(conn.execute(q).scalar() or 0)
+
+
+def after_batch(
+    conn: Connection, k_setting: str, dim: int, ids: np.ndarray, vectors: np.ndarray
+) -> None:
+    """Update the clusters with a batch of newly indexed vectors."""
+    if len(ids) == 0:
+        return
+    state = load_state(conn)
+    n = _count(conn)
+    last = int(store.get_meta(conn, "cluster_consolidated_at", "0") or 0)
+    if state is None:
+        if n >= FIRST_FIT:
+            consolidate(conn, k_setting, dim)
+        return
+    if n >= GROWTH_RATIO * max(last, 1):
+        consolidate(conn, k_setting, dim)
+        return
+    cs = cluster.ClusterState(
+        state["ids"], state["centers"], state["weights"], state["n_steps"], state["since_reassign"]
+    )
+    cs = cluster.partial_fit(cs, vectors, seed=SEED)
+    labels = cluster.assign(cs.centers, vectors)
+    store.set_clusters(conn, ids, cs.ids[labels])
+    sizes = state["sizes"] + np.bincount(labels, minlength=cs.k)
+    save_state(conn, cs.ids, cs.centers, cs.weights, sizes, cs.n_steps, cs.since_reassign)
+
+
+def after_drain(conn: Connection, k_setting: str, dim: int) -> None:
+    """Bring every assignment in line with current centres, consolidating when due."""
+    n = _count(conn)
+    state = load_state(conn)
+    last = int(store.get_meta(conn, "cluster_consolidated_at", "0") or 0)
+    if (
+        state is None
+        or _target_k(conn, k_setting, n) != len(state["ids"])
+        or abs(n - last) > REFRESH_RATIO * max(last, 1)
+    ):
+        consolidate(conn, k_setting, dim)
+    else:
+        _reassign_all(conn, state, dim)
+
+
+def _target_k(conn: Connection, k_setting: str, n: int) -> int:
+    """k for ``n`` vectors: the setting (capped at n), or the last silhouette choice."""
+    if k_setting != "auto":
+        return min(int(k_setting), n)
+    chosen = get_meta_json(conn, "cluster_auto_k", {})
+    return min(int(chosen.get("k", 0)), n) if chosen else -1
+
+
+def _choose_k(conn: Connection, k_setting: str, dim: int, n: int) -> int:
+    if k_setting != "auto":
+        return min(int(k_setting), n)
+    chosen = get_meta_json(conn, "cluster_auto_k", {})
+    if chosen and n < 2 * chosen.get("at", 0) and chosen.get("k", 0) <= n:
+        return int(chosen["k"])
+    sample = _sample(conn, dim, n, SAMPLE_K)
+    k, scores = cluster.choose_k(sample, seed=SEED)
+    set_meta_json(conn, "cluster_auto_k", {"k": k, "at": n, "silhouette": scores})
+    log.info("chose k=%d by silhouette on %d vectors", k, len(sample))
+    return k
+
+
+def _sample(conn: Connection, dim: int, n: int, size: int) -> np.ndarray:
+    if n <= size:
+        return np.concatenate(
+            [v for _, v, _ in store.iter_vectors(conn, dim)] or [np.empty((0, dim), np.float32)]
+        )
+    ids = store.indexed_ids(conn)
+    pick = np.random.default_rng(SEED + n).choice(ids, size=size, replace=False)
+    return store.vectors_for(conn, pick.tolist(), dim)[1]
+
+
+def consolidate(conn: Connection, k_setting: str, dim: int) -> None:
+    """Full k-means++ over (a sample of) the library; ids follow their images."""
+    n = _count(conn)
+    if n < 2:
+        save_state(
+            conn,
+            np.empty(0, np.int64),
+            np.empty((0, dim), np.float32),
+            np.empty(0),
+            np.empty(0),
+            0,
+            0,
+        )
+        store.set_clusters(conn, store.indexed_ids(conn), np.full(n, -1))
+        return
+    k = _choose_k(conn, k_setting, dim, n)
+    centers = cluster.fit_full(_sample(conn, dim, n, SAMPLE_FIT), k, seed=SEED)
+    all_ids, positions, old = [], [], []
+    for ids, vecs, cids in store.iter_vectors(conn, dim):
+        all_ids.append(ids)
+        positions.append(cluster.assign(centers, vecs))
+        old.append(cids)
+    ids, pos, old_ids = map(np.concatenate, (all_ids, positions, old))
+    new_ids = _stable_ids(conn, pos, old_ids, k)
+    sizes = np.bincount(pos, minlength=k)
+    store.set_clusters(conn, ids, new_ids[pos])
+    state = load_state(conn) or {"n_steps": 0, "since_reassign": 0}
+    save_state(conn, new_ids, centers, sizes.astype(np.float32), sizes, state["n_steps"], 0)
+    store.set_meta(conn, "cluster_consolidated_at", n)
+    log.info("consolidated %d images into %d clusters", n, k)
+
+
+def _stable_ids(conn: Connection, pos: np.ndarray, old_ids: np.ndarray, k: int) -> np.ndarray:
+    known = old_ids >= 0
+    previous = np.unique(old_ids[known])
+    next_id = int(store.get_meta(conn, "cluster_next_id", "1") or 1)
+    overlap = np.zeros((len(previous), k), dtype=np.int64)
+    if len(previous):
+        np.add.at(overlap, (np.searchsorted(previous, old_ids[known]), pos[known]), 1)
+    new_ids = cluster.match_ids(overlap, previous, np.bincount(pos, minlength=k), next_id)
+    store.set_meta(conn, "cluster_next_id", max(next_id, int(new_ids.max()) + 1))
+    return new_ids
+
+
+def _reassign_all(conn: Connection, state: dict, dim: int) -> None:
+    centers, cids = state["centers"], state["ids"]
+    sizes = np.zeros(len(cids), dtype=np.int64)
+    for ids, vecs, _ in store.iter_vectors(conn, dim):
+        labels = cluster.assign(centers, vecs)
+        store.set_clusters(conn, ids, cids[labels])
+        sizes += np.bincount(labels, minlength=len(cids))
+    save_state(
+        conn, cids, centers, state["weights"], sizes, state["n_steps"], state["since_reassign"]
+    )

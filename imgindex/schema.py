@@ -1,0 +1,77 @@
+"""Table definitions used by queries. The schema itself is created only by the Alembic
+migrations in ``migrations/``; ``tests/test_migrations.py`` checks that both agree."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+#: Library-wide settings and counters as key/value text (model, dim, k, index_version, ...).
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+#: Folders the library watches and indexes.
+roots = Table(
+    "roots",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("path", Text, nullable=False, unique=True),
+    Column("added_at", Float, nullable=False),
+)
+
+#: One row per file seen. ``id`` is never reused (AUTOINCREMENT): it is the FAISS id, and a file
+#: whose content changes gets a new row, so a stale FAISS entry can never alias a new vector.
+images = Table(
+    "images",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("path", Text, nullable=False, unique=True),
+    Column("root_id", Integer, ForeignKey("roots.id", ondelete="CASCADE"), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("mtime_ns", Integer, nullable=False),
+    Column("content_hash", Text),
+    Column("width", Integer),
+    Column("height", Integer),
+    Column("format", Text),
+    Column("status", Text, nullable=False),  # indexed | failed | pending
+    Column("reason", Text),
+    Column("model", Text),
+    Column("vector", LargeBinary),
+    Column("cluster_id", Integer),
+    Column("updated_at", Float, nullable=False),
+    Column("retry_after", Float),  # revision 0002
+    sqlite_autoincrement=True,
+)
+Index("ix_images_content_hash", images.c.content_hash)
+Index("ix_images_status", images.c.status)
+Index("ix_images_cluster_id", images.c.cluster_id)
+
+#: Persistent MiniBatchKMeans state, one row per cluster (revision 0002).
+clusters = Table(
+    "clusters",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),  # stable, user-visible id
+    Column("position", Integer, nullable=False),  # row in the centroid matrix
+    Column("centroid", LargeBinary, nullable=False),  # float32
+    Column("weight", Float, nullable=False),  # MiniBatchKMeans per-centre counts
+    Column("size", Integer, nullable=False),  # members assigned now
+)
+
+STATUS_INDEXED = "indexed"
+STATUS_FAILED = "failed"
+STATUS_PENDING = "pending"

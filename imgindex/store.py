@@ -1,0 +1,232 @@
+"""SQLite, the table of record: engine setup, the write lock, settings and image rows.
+
+Every function takes an open SQLAlchemy ``Connection``; callers own the transaction, so one
+batch of images, its vectors and the ``index_version`` bump commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    Connection,
+    Engine,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from imgindex.errors import LibraryLocked
+from imgindex.schema import STATUS_INDEXED, images, meta, roots
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+def make_engine(db_path: Path) -> Engine:
+    """Engine for one SQLite file: WAL, busy timeout, foreign keys, NORMAL sync under WAL."""
+    engine = create_engine(f"sqlite:///{db_path}")
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    return engine
+
+
+class WriteLock:
+    """An exclusive ``flock`` on the library's lock file: one writer per library."""
+
+    def __init__(self, path: Path, purpose: str) -> None:
+        self.path = path
+        self.purpose = purpose
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise LibraryLocked(
+                f"library {self.path.parent} is being written by {holder}; wait for it to "
+                "finish or stop it (or use --data-dir for another library)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} ({self.purpose})\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+
+# --- settings ---------------------------------------------------------------------------------
+
+
+def get_meta(conn: Connection, key: str, default: str | None = None) -> str | None:
+    value = conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar()
+    return default if value is None else value
+
+
+def all_meta(conn: Connection) -> dict[str, str]:
+    return dict(conn.execute(select(meta.c.key, meta.c.value)).all())
+
+
+def set_meta(conn: Connection, key: str, value: object) -> None:
+    stmt = sqlite_insert(meta).values(key=key, value=str(value))
+    conn.execute(stmt.on_conflict_do_update(index_elements=["key"], set_={"value": str(value)}))
+
+
+def add_to_counter(conn: Connection, key: str, amount: int) -> int:
+    value = int(get_meta(conn, key, "0") or 0) + amount
+    set_meta(conn, key, value)
+    return value
+
+
+def bump_index_version(conn: Connection) -> int:
+    """Mark that the set of indexed vectors changed (the FAISS file is stale until saved)."""
+    return add_to_counter(conn, "index_version", 1)
+
+
+# --- roots ------------------------------------------------------------------------------------
+
+
+def add_root(conn: Connection, path: Path) -> int:
+    existing = conn.execute(select(roots.c.id).where(roots.c.path == str(path))).scalar()
+    if existing is not None:
+        return existing
+    return conn.execute(roots.insert().values(path=str(path), added_at=time.time())).lastrowid
+
+
+def list_roots(conn: Connection) -> list[tuple[int, Path]]:
+    rows = conn.execute(select(roots.c.id, roots.c.path).order_by(roots.c.id)).all()
+    return [(rid, Path(p)) for rid, p in rows]
+
+
+# --- images -----------------------------------------------------------------------------------
+
+
+def vector_to_blob(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+
+
+def blob_to_vector(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype=np.float32)
+
+
+def rows_under(conn: Connection, root_id: int) -> dict[str, tuple[int, int, int, str]]:
+    """``path -> (id, size, mtime_ns, status)`` for every row of a root."""
+    q = select(images.c.path, images.c.id, images.c.size, images.c.mtime_ns, images.c.status)
+    return {
+        p: (i, s, m, st) for p, i, s, m, st in conn.execute(q.where(images.c.root_id == root_id))
+    }
+
+
+def find_by_path(conn: Connection, path: str) -> Any:
+    return conn.execute(select(images).where(images.c.path == path)).first()
+
+
+def find_indexed_by_hash(conn: Connection, content_hash: str, model: str) -> Any:
+    q = select(
+        images.c.id,
+        images.c.path,
+        images.c.vector,
+        images.c.width,
+        images.c.height,
+        images.c.format,
+    )
+    q = q.where(
+        images.c.content_hash == content_hash,
+        images.c.status == STATUS_INDEXED,
+        images.c.model == model,
+    )
+    return conn.execute(q.limit(1)).first()
+
+
+def count_by_status(conn: Connection) -> dict[str, int]:
+    q = select(images.c.status, func.count()).group_by(images.c.status)
+    return dict(conn.execute(q).all())
+
+
+def indexed_ids(conn: Connection) -> np.ndarray:
+    q = select(images.c.id).where(images.c.status == STATUS_INDEXED).order_by(images.c.id)
+    return np.fromiter(conn.execute(q).scalars(), dtype=np.int64)
+
+
+def vectors_for(conn: Connection, ids: Iterable[int], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors of the given indexed ids, in chunks to keep the SQL parameter count small."""
+    ids = list(ids)
+    out_ids: list[int] = []
+    blobs: list[bytes] = []
+    for i in range(0, len(ids), 900):
+        q = select(images.c.id, images.c.vector).where(images.c.id.in_(ids[i : i + 900]))
+        for rid, blob in conn.execute(q.where(images.c.status == STATUS_INDEXED)):
+            out_ids.append(rid)
+            blobs.append(blob)
+    return np.array(out_ids, dtype=np.int64), _stack(blobs, dim)
+
+
+def iter_vectors(
+    conn: Connection, dim: int, chunk: int = 20_000
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Every indexed ``(ids, vectors, cluster_ids)`` in id order, ``chunk`` rows at a time;
+    a missing cluster id is -1."""
+    last = -1
+    while True:
+        q = (
+            select(images.c.id, images.c.vector, images.c.cluster_id)
+            .where(images.c.status == STATUS_INDEXED, images.c.id > last)
+            .order_by(images.c.id)
+            .limit(chunk)
+        )
+        rows = conn.execute(q).all()
+        if not rows:
+            return
+        last = rows[-1][0]
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        cids = np.array([-1 if r[2] is None else r[2] for r in rows], dtype=np.int64)
+        yield ids, _stack([r[1] for r in rows], dim), cids
+
+
+def _stack(blobs: list[bytes], dim: int) -> np.ndarray:
+    if not blobs:
+        return np.empty((0, dim), dtype=np.float32)
+    return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim).copy()
+
+
+def delete_images(conn: Connection, ids: Iterable[int]) -> int:
+    ids = list(ids)
+    for i in range(0, len(ids), 900):
+        conn.execute(delete(images).where(images.c.id.in_(ids[i : i + 900])))
+    return len(ids)
+
+
+def set_clusters(conn: Connection, ids: np.ndarray, cluster_ids: np.ndarray) -> None:
+    """Write cluster assignments; only rows whose cluster changed are touched."""
+    if len(ids) == 0:
+        return
+    pairs = [{"i": int(i), "c": int(c)} for i, c in zip(ids, cluster_ids, strict=True)]
+    stmt = (
+        update(images)
+        .where(images.c.id == bindparam("i"), images.c.cluster_id.is_distinct_from(bindparam("c")))
+        .values(cluster_id=bindparam("c"))
+    )
+    conn.execute(stmt.execution_options(synchronize_session=False), pairs)

@@ -1,0 +1,40 @@
+"""Driving the CLI in-process (Typer's CliRunner) against real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from typer.testing import CliRunner
+
+from imgindex.cli import app
+
+
+def cli(data_dir: Path, *args: str, code: int = 0) -> Any:
+    """Run ``imgindex --data-dir DATA ARGS``; assert its exit status; return the result."""
+    result = CliRunner().invoke(app, ["--data-dir", str(data_dir), *map(str, args)])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    return result
+
+
+def cli_json(data_dir: Path, *args: str) -> Any:
+    return json.loads(cli(data_dir, *args, "--json").stdout)
+
+
+def run_process(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """Run ``python -m imgindex ARGS`` as a real subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "imgindex", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )

@@ -1,0 +1,98 @@
+"""Schema migrations: from the first revision with data to head, newer databases refused."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from helpers import cli, cli_json
+from imaging import make_photos
+
+from imgindex import migrate, store
+from imgindex.errors import SchemaTooNew
+from imgindex.library import Library
+from imgindex.schema import metadata
+
+
+def test_schema_head_constant_is_alembics_head():
+    script = ScriptDirectory(str(migrate.migrations_dir()))
+    assert script.get_current_head() == migrate.SCHEMA_HEAD
+
+
+def test_migrations_build_exactly_the_schema_the_code_queries(tmp_path):
+    engine = store.make_engine(tmp_path / "x.db")
+    migrate.ensure_schema(engine, tmp_path / "x.db")
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert diff == []
+
+
+def _v1_library(tmp_path: Path) -> tuple[Path, Path]:
+    """A database at revision 0001 holding two indexed images of real files."""
+    photos = tmp_path / "photos"
+    files = make_photos(photos, "red", 2)
+    data = tmp_path / "data"
+    data.mkdir()
+    db = data / "imgindex.db"
+    migrate.upgrade(store.make_engine(db), db, target="0001")
+    with sqlite3.connect(db) as conn:
+        conn.executemany(
+            "INSERT INTO meta VALUES (?, ?)",
+            [("model", "thumbnail"), ("dim", "192"), ("index_version", "1")],
+        )
+        conn.execute(
+            "INSERT INTO roots (id, path, added_at) VALUES (1, ?, ?)",
+            (str(photos.resolve()), time.time()),
+        )
+        for i, f in enumerate(files):
+            st = f.stat()
+            vec = np.zeros(192, np.float32)
+            vec[i] = 1.0
+            conn.execute(
+                "INSERT INTO images (path, root_id, size, mtime_ns, content_hash, status, model,"
+                " vector, updated_at) VALUES (?, 1, ?, ?, ?, 'indexed', 'thumbnail', ?, ?)",
+                (str(f.resolve()), st.st_size, st.st_mtime_ns, f"h{i}", vec.tobytes(), 0.0),
+            )
+    return photos, data
+
+
+def test_upgrade_from_first_revision_keeps_data_and_backs_up(tmp_path):
+    _photos, data = _v1_library(tmp_path)
+    status = cli_json(data, "status")  # opening upgrades
+    assert status["indexed"] == 2 and status["index_size"] == 2
+    assert (data / "imgindex.db.before-0001.bak").exists()
+    with sqlite3.connect(data / "imgindex.db") as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0002"
+        assert conn.execute("SELECT count(*) FROM images WHERE retry_after IS NULL").fetchone() == (
+            2,
+        )
+    with sqlite3.connect(data / "imgindex.db.before-0001.bak") as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0001"
+    # the upgraded library keeps working: unchanged files are not re-embedded
+    report = cli_json(data, "index")
+    assert report["unchanged"] == 2 and report["embedded"] == 0
+    assert cli_json(data, "status")["clusters"] == 2
+
+
+def test_migrate_command_upgrades(tmp_path):
+    _, data = _v1_library(tmp_path)
+    cli(data, "migrate")
+    engine = store.make_engine(data / "imgindex.db")
+    assert migrate.current_revision(engine) == migrate.SCHEMA_HEAD
+
+
+def test_a_database_newer_than_the_code_is_refused(tmp_path):
+    _, data = _v1_library(tmp_path)
+    cli(data, "status")
+    with sqlite3.connect(data / "imgindex.db") as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999'")
+    with pytest.raises(SchemaTooNew, match="newer than this imgindex"):
+        Library.open(data)
+    result = cli(data, "status", code=1)
+    assert result.stderr.startswith("error: database") and "9999" in result.stderr
