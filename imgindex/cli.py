@@ -74,6 +74,8 @@ def _main(
         stream=sys.stderr,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:  # Pillow logs decoder complaints about files we record as failed anyway
+        logging.getLogger("PIL").setLevel(logging.CRITICAL)
 
 
 def _data_dir(ctx: typer.Context) -> Path:

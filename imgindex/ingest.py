@@ -218,6 +218,7 @@ class Ingestor:
     def _flush(self, batch: list[Prepared]) -> None:
         if not batch:
             return
+        vi = self.lib.vectors  # caught up *before* this batch commits, so it is added once
         to_embed = [p for p in batch if p.kind == "decoded"]
         vectors = dict(zip((id(p) for p in to_embed), self._embed(to_embed), strict=True))
         added: list[tuple[int, np.ndarray]] = []
@@ -232,7 +233,6 @@ class Ingestor:
                 organize.after_batch(conn, self.lib.k_setting, self.lib.dim, new_ids, new_vecs)
             store.add_to_counter(conn, "embedded_total", len(to_embed))
         if added or removed:
-            vi = self.lib.vectors
             vi.remove(np.array(removed, dtype=np.int64))
             vi.add(new_ids, new_vecs)
             vi.version = version
@@ -323,6 +323,7 @@ class Ingestor:
     def remove_missing(self, paths: Iterable[str]) -> int:
         """Delete the rows of files that are no longer on disk (moved rows were updated)."""
         gone = []
+        vi = self.lib.vectors
         with self.lib.engine.begin() as conn:
             for path in paths:
                 row = store.find_by_path(conn, path)
@@ -333,8 +334,8 @@ class Ingestor:
             if len(dropped):
                 version = store.bump_index_version(conn)
         if len(dropped):
-            self.lib.vectors.remove(dropped)
-            self.lib.vectors.version = version
+            vi.remove(dropped)
+            vi.version = version
         self.report.removed += len(gone)
         return len(gone)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, func, select, update
 
 from imgindex import cluster, store
 from imgindex.clusterstore import get_meta_json, load_state, save_state, set_meta_json
@@ -119,7 +119,7 @@ def consolidate(conn: Connection, k_setting: str, dim: int) -> None:
             0,
             0,
         )
-        store.set_clusters(conn, store.indexed_ids(conn), np.full(n, -1))
+        conn.execute(update(images).values(cluster_id=None))
         return
     k = _choose_k(conn, k_setting, dim, n)
     centers = cluster.fit_full(_sample(conn, dim, n, SAMPLE_FIT), k, seed=SEED)

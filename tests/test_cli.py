@@ -205,3 +205,60 @@ def test_similar_on_an_indexed_photo_does_not_import_torch(library):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "/reds/" in result.stdout
+
+
+def test_reindex_switches_model_without_mixing_vectors(library):
+    import sqlite3
+
+    _photos, data = library
+    result = cli(data, "reindex", "--model", "nonexistent", code=1)
+    assert "unknown model" in result.stderr
+    cli(data, "reindex", "--model", "thumbnail")
+    status = cli_json(data, "status")
+    assert status["indexed"] == status["index_size"] == 24 and status["model"] == "thumbnail"
+    assert status["embedded_total"] == 48
+    with sqlite3.connect(data / "imgindex.db") as conn:
+        models = conn.execute("SELECT DISTINCT model, length(vector) FROM images").fetchall()
+    assert models == [("thumbnail", 192 * 4)]
+
+
+def test_a_missing_or_emptied_root_is_frozen_not_emptied(library, tmp_path):
+    photos, data = library
+    photos.rename(tmp_path / "unplugged")
+    report = cli_json(data, "index")
+    assert report["removed"] == 0 and report["frozen"] == [str(photos.resolve())]
+    assert cli_json(data, "status")["indexed"] == 24
+    assert cli_json(data, "status")["roots"][0]["available"] is False
+    photos.mkdir()  # an empty mount point
+    assert cli_json(data, "index")["removed"] == 0
+    assert cli_json(data, "status")["indexed"] == 24
+    photos.rmdir()
+    (tmp_path / "unplugged").rename(photos)
+    report = cli_json(data, "index")
+    assert report["unchanged"] == 24 and report["embedded"] == 0
+
+
+def test_index_can_be_limited_to_a_folder_under_a_root(library, tmp_path):
+    photos, data = library
+    make_photos(photos / "reds", "red", 2, start=200)
+    make_photos(photos / "blues", "blue", 3, start=200)
+    report = cli_json(data, "index", photos / "reds")
+    assert report["embedded"] == 2 and report["seen"] == 14
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    result = cli(data, "index", outside, code=1)
+    assert "not under any root" in result.stderr and "imgindex init" in result.stderr
+
+
+def test_default_data_dir_follows_systemd_then_xdg(tmp_path, monkeypatch):
+    from imgindex.paths import resolve_data_dir
+
+    monkeypatch.delenv("IMGINDEX_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    assert resolve_data_dir() == tmp_path / "xdg" / "imgindex"
+    monkeypatch.setenv("STATE_DIRECTORY", f"{tmp_path}/state:{tmp_path}/other")
+    assert resolve_data_dir() == tmp_path / "state"
+    monkeypatch.setenv("IMGINDEX_DATA_DIR", str(tmp_path / "env"))
+    assert resolve_data_dir() == tmp_path / "env"
+    assert resolve_data_dir(tmp_path / "flag") == tmp_path / "flag"

@@ -1,0 +1,109 @@
+"""Incremental clustering: resumable partial_fit, consolidation, stable ids, k by silhouette."""
+
+from __future__ import annotations
+
+import numpy as np
+from helpers import cli, cli_json
+from imaging import make_photos
+from sklearn.cluster import MiniBatchKMeans
+from sklearn.metrics import normalized_mutual_info_score
+
+from imgindex import cluster
+
+
+def blobs(n_per: int, centres: int, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(centres, dim)) * 4
+    x = np.concatenate([m + rng.normal(size=(n_per, dim)) for m in means]).astype(np.float32)
+    return x, np.repeat(np.arange(centres), n_per)
+
+
+def test_partial_fit_resumed_from_stored_arrays_matches_one_uninterrupted_model():
+    x, _ = blobs(60, 4)
+    rng = np.random.default_rng(1)
+    x = x[rng.permutation(len(x))]
+    init = x[:4].copy()
+    live = MiniBatchKMeans(
+        n_clusters=4, init=init, n_init=1, batch_size=256, reassignment_ratio=0.0
+    )
+    state = cluster.ClusterState(np.arange(1, 5), init, np.zeros(4, np.float32))
+    for batch in np.array_split(x, 8):
+        live.partial_fit(batch)
+        # round-trip through plain arrays, as SQLite stores them
+        state = cluster.ClusterState(
+            state.ids,
+            state.centers.copy(),
+            state.weights.copy(),
+            state.n_steps,
+            state.since_reassign,
+        )
+        state = cluster.partial_fit(state, batch)
+    np.testing.assert_allclose(state.weights, live._counts)
+    np.testing.assert_allclose(state.centers, live.cluster_centers_, atol=1e-4)
+    assert state.n_steps == 8
+
+
+def test_match_ids_keeps_ids_of_clusters_that_mostly_keep_their_images():
+    # old cluster 7 -> new 1 (all), old 9 -> new 0 (most), new 2 is made of leftovers
+    overlap = np.array([[0, 50, 0], [40, 0, 5]])
+    ids = cluster.match_ids(overlap, np.array([7, 9]), np.array([40, 50, 30]), next_id=10)
+    assert ids.tolist() == [9, 7, 10]
+    # a new cluster whose images came mostly from elsewhere gets a fresh id
+    ids = cluster.match_ids(np.array([[3, 0]]), np.array([4]), np.array([10, 5]), next_id=5)
+    assert ids.tolist() == [5, 6]
+
+
+def test_choose_k_finds_well_separated_groups():
+    x, _ = blobs(40, 5)
+    k, scores = cluster.choose_k(x)
+    assert k == 5 and scores[5] == max(scores.values())
+
+
+def test_folder_ordered_arrival_ends_near_batch_kmeans(tmp_path):
+    """Families arrive one folder after another; the final clusters are the families."""
+    photos, data = tmp_path / "photos", tmp_path / "data"
+    for fam in ("red", "blue", "green"):
+        make_photos(photos / fam, fam, 50)
+    cli(data, "init", photos, "--model", "thumbnail", "--k", "3")
+    cli(data, "index", "--batch-size", "8")
+    members = {
+        m["path"]: c["id"]
+        for c in cli_json(data, "clusters")
+        for m in cli_json(data, "clusters", "show", str(c["id"]))["members"]
+    }
+    labels = [p.split("/")[-2] for p in members]
+    assert normalized_mutual_info_score(labels, list(members.values())) > 0.99
+
+
+def test_cluster_ids_are_stable_when_the_library_grows(tmp_path):
+    photos, data = tmp_path / "photos", tmp_path / "data"
+    for fam in ("red", "blue", "green"):
+        make_photos(photos / fam, fam, 30)
+    cli(data, "init", photos, "--model", "thumbnail", "--k", "3")
+    cli(data, "index")
+
+    def ids_by_family() -> dict[str, int]:
+        out = {}
+        for c in cli_json(data, "clusters"):
+            out[c["representatives"][0].split("/")[-2]] = c["id"]
+        return out
+
+    before = ids_by_family()
+    assert len(set(before.values())) == 3
+    for fam in ("red", "blue", "green"):  # +50 %: a full consolidation happens
+        make_photos(photos / fam, fam, 15, start=100)
+    cli(data, "index")
+    assert ids_by_family() == before
+    sizes = sorted(c["size"] for c in cli_json(data, "clusters"))
+    assert sizes == [45, 45, 45]
+
+
+def test_auto_k_is_chosen_by_silhouette_and_every_image_is_assigned(tmp_path):
+    photos, data = tmp_path / "photos", tmp_path / "data"
+    for fam in ("red", "blue", "green"):
+        make_photos(photos / fam, fam, 25)
+    cli(data, "init", photos, "--model", "thumbnail")
+    cli(data, "index")
+    status = cli_json(data, "status")
+    assert status["k"] == "auto" and status["clusters"] == 3
+    assert sum(c["size"] for c in cli_json(data, "clusters")) == 75
