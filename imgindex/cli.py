@@ -69,6 +69,11 @@ def _main(
     ] = False,
 ) -> None:
     ctx.obj = {"data_dir": resolve_data_dir(data_dir), "verbose": verbose}
+    if ctx.invoked_subcommand == "daemon":
+        from imgindex import logs
+
+        logs.setup(verbose)
+        return
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         stream=sys.stderr,
@@ -305,11 +310,77 @@ def status(
             typer.echo(f"{row['path']}\t{row['status']}: {row['reason']}")
     else:
         for key, value in data.items():
+            if key == "daemon":
+                value = value["state"] + (f" (pid {value['pid']})" if value["pid"] else "")
             if key == "roots":
                 value = ", ".join(
                     r["path"] + ("" if r["available"] else " (unavailable)") for r in value
                 )
             typer.echo(f"{key:>14}: {value}")
+
+
+@app.command()
+def daemon(
+    ctx: typer.Context,
+    poll: Annotated[
+        float | None,
+        typer.Option(help="Poll every root every SECONDS instead of inotify (network shares)."),
+    ] = None,
+    debounce: Annotated[
+        float | None, typer.Option(help="Quiet period after a file is closed, in seconds.")
+    ] = None,
+    rescan_interval: Annotated[
+        float | None,
+        typer.Option(help="Seconds between full rescans (default 3600, +-10 % jitter)."),
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per batch.")] = None,
+    batch_seconds: Annotated[
+        float | None, typer.Option(help="Wait at most this long to fill a batch.")
+    ] = None,
+    workers: WorkersOpt = None,
+    weights: WeightsOpt = None,
+) -> None:
+    """Watch the roots and keep the library current (run it under systemd)."""
+    from imgindex.daemon import Daemon
+
+    d = Daemon(
+        _data_dir(ctx),
+        workers=workers,
+        weights=weights,
+        poll=poll,
+        debounce=debounce,
+        rescan_interval=rescan_interval,
+        batch_size=batch_size,
+        batch_seconds=batch_seconds,
+    )
+    raise typer.Exit(d.run())
+
+
+@app.command()
+def config(
+    ctx: typer.Context,
+    name: Annotated[str | None, typer.Argument(help="Setting to show or change.")] = None,
+    value: Annotated[str | None, typer.Argument(help="New value.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show or change the daemon's settings (a running daemon applies them at once)."""
+    from imgindex import settings
+
+    with _open(ctx) as lib:
+        if value is not None:
+            with lib.engine.begin() as conn:
+                settings.save(conn, name or "", value)
+        with lib.engine.connect() as conn:
+            current = settings.as_dict(settings.load(conn))
+    if name is not None and value is None:
+        if name not in current:
+            raise ImgIndexError(f"unknown setting '{name}'; settings: {', '.join(current)}")
+        current = {name: current[name]}
+    if as_json:
+        _echo_json(current)
+        return
+    for key, val in current.items():
+        typer.echo(f"{key} = {','.join(val) if isinstance(val, list) else val}")
 
 
 @app.command()

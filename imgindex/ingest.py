@@ -29,7 +29,7 @@ from imgindex.decode import DEFAULT_MAX_PIXELS, decode_for_model
 from imgindex.errors import DecodeFailure, NotInLibrary
 from imgindex.library import Library
 from imgindex.models import get_spec
-from imgindex.scan import FileStat, walk
+from imgindex.scan import FileStat, is_candidate, walk
 from imgindex.schema import STATUS_FAILED, STATUS_INDEXED, STATUS_PENDING, images
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,8 @@ class Ingestor:
         weights: Path | None = None,
         embedder: Any = None,
         progress: Callable[[int], None] | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+        defer: Callable[[str], bool] | None = None,
     ) -> None:
         if not lib.writable:
             raise ValueError("the library must be opened for writing")
@@ -94,6 +96,8 @@ class Ingestor:
         self.max_pixels = max_pixels
         self.weights = weights
         self.progress = progress
+        self.should_stop = should_stop
+        self.defer = defer  # files a scan leaves alone for now (the daemon's pending events)
         self.input_size = get_spec(lib.model).input_size
         self._embedder = embedder
         self._saved_at = time.monotonic()
@@ -114,6 +118,8 @@ class Ingestor:
             on_start(sum(len(todo) for todo, _ in plans))
         for todo, missing in plans:
             self.ingest(todo)
+            if self.should_stop():
+                break
             self.remove_missing(missing)
         self.drain()
         self.report.seconds = time.monotonic() - start
@@ -148,6 +154,9 @@ class Ingestor:
             return self._freeze(folder, exc.strerror or str(exc))
         if not on_disk and any(r[3] == STATUS_INDEXED for r in known.values()):
             return self._freeze(folder, "it is empty (an unmounted disk?)")
+        seen = {fs.path for fs in on_disk}
+        if self.defer:  # left to their own events; still on disk, so not missing either
+            on_disk = [fs for fs in on_disk if not self.defer(fs.path)]
         todo = []
         for fs in on_disk:
             row = known.get(fs.path)
@@ -156,7 +165,6 @@ class Ingestor:
             else:
                 todo.append((root_id, fs))
         self.report.seen += len(on_disk)
-        seen = {fs.path for fs in on_disk}
         return todo, [p for p in known if p not in seen]
 
     def _freeze(self, folder: Path, why: str) -> tuple[list, list]:
@@ -170,12 +178,16 @@ class Ingestor:
         """Embed and store ``(root_id, file)`` pairs; decoding overlaps with the model."""
         pending: list[Prepared] = []
         with ThreadPoolExecutor(self.workers, thread_name_prefix="decode") as pool:
-            for prepared in _ordered_map(pool, self._prepare, files, self.workers * 4):
+            results = _ordered_map(pool, self._prepare, files, self.workers * 4)
+            for prepared in results:
                 pending.append(prepared)
                 decoded = sum(p.kind == "decoded" for p in pending)
                 if decoded >= self.batch_size or len(pending) >= 8 * self.batch_size:
                     self._flush(pending)
                     pending = []
+                    if self.should_stop():  # what is left is found again by the next pass
+                        results.close()
+                        return
             self._flush(pending)
 
     def _prepare(self, item: tuple[int, FileStat]) -> Prepared:
@@ -226,6 +238,8 @@ class Ingestor:
         with self.lib.engine.begin() as conn:
             for p in batch:
                 self._apply(conn, p, vectors.get(id(p)), added, removed)
+            gone = set(removed)  # a row added and replaced within this batch is not added
+            added = [(i, v) for i, v in added if i not in gone]
             new_ids = np.array([i for i, _ in added], dtype=np.int64)
             new_vecs = np.stack([v for _, v in added]) if added else None
             if added or removed:
@@ -318,6 +332,72 @@ class Ingestor:
             if old.status == STATUS_INDEXED:
                 removed.append(old.id)
 
+    # --- paths reported by the watcher -------------------------------------------------------
+
+    def refresh_paths(self, paths: Iterable[str]) -> None:
+        """Bring the library in line with the disk for these files or folders: what changed is
+        embedded, what vanished removed. Paths under an unavailable root are left alone."""
+        with self.lib.engine.connect() as conn:
+            roots = store.list_roots(conn)
+        todo: list[tuple[int, FileStat]] = []
+        missing: list[str] = []
+        for path in paths:
+            owner = root_of(path, roots)
+            if owner is None or not root_available(owner[1]):
+                continue
+            if os.path.isdir(path):
+                files, gone = self._scan(owner[0], Path(path))
+                todo += files
+                missing += gone
+            elif os.path.isfile(path):
+                todo += self._changed(owner[0], path)
+            else:
+                missing += self._under(path)
+        unique = {fs.path: (rid, fs) for rid, fs in todo}  # a file and its folder both listed
+        self.ingest(unique.values())
+        if not self.should_stop():
+            self.remove_missing(missing)
+
+    def _changed(self, root_id: int, path: str) -> list[tuple[int, FileStat]]:
+        if not is_candidate(os.path.basename(path)):
+            return []
+        try:
+            st = os.stat(path)
+        except OSError:
+            return []
+        with self.lib.engine.connect() as conn:
+            row = store.find_by_path(conn, path)
+        if (
+            row is not None
+            and (row.size, row.mtime_ns) == (st.st_size, st.st_mtime_ns)
+            and row.status != STATUS_PENDING
+        ):
+            return []
+        return [(root_id, FileStat(path, st.st_size, st.st_mtime_ns))]
+
+    def _under(self, path: str) -> list[str]:
+        """Rows at ``path`` or below it (a deleted folder)."""
+        with self.lib.engine.connect() as conn:
+            return store.paths_at_or_under(conn, path)
+
+    def move(self, src: str, dest: str) -> int:
+        """Follow a rename of a file or folder in the database only: no read, no embedding.
+        Returns how many rows moved; files the rows do not match are left to a refresh."""
+        with self.lib.engine.connect() as conn:
+            roots = store.list_roots(conn)
+        owner = root_of(dest, roots)
+        if owner is None:
+            return 0
+        vi = self.lib.vectors
+        with self.lib.engine.begin() as conn:
+            moved, dropped = store.move_paths(conn, src, dest, owner[0])
+            version = int(store.get_meta(conn, "index_version", "0") or 0)
+        if dropped:
+            vi.remove(np.array(dropped, dtype=np.int64))
+            vi.version = version
+        self.report.moved += moved
+        return moved
+
     # --- removal and the end of a pass ----------------------------------------------------------
 
     def remove_missing(self, paths: Iterable[str]) -> int:
@@ -345,6 +425,27 @@ class Ingestor:
             organize.after_drain(conn, self.lib.k_setting, self.lib.dim)
         self.lib.save_index()
         self._saved_at = time.monotonic()
+
+
+def root_of(path: str, roots: list[tuple[int, Path]]) -> tuple[int, Path] | None:
+    """The innermost root holding ``path``."""
+    best = None
+    for rid, root in roots:
+        prefix = str(root).rstrip(os.sep) + os.sep
+        if (path == str(root) or path.startswith(prefix)) and (
+            best is None or len(str(root)) > len(str(best[1]))
+        ):
+            best = (rid, root)
+    return best
+
+
+def root_available(root: Path) -> bool:
+    """A root that is missing, unreadable or suddenly empty is frozen, never emptied."""
+    try:
+        with os.scandir(root) as it:
+            return next(it, None) is not None
+    except OSError:
+        return False
 
 
 def _ordered_map(

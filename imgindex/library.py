@@ -6,6 +6,7 @@ Opening never imports torch or scikit-learn: read commands (``similar`` on an in
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import numpy as np
 from sqlalchemy import Engine, delete, func, select, update
 
 from imgindex import store
-from imgindex.errors import LibraryNotFound, ModelMismatch
+from imgindex.errors import ImgIndexError, LibraryNotFound, ModelMismatch
 from imgindex.migrate import ensure_schema
 from imgindex.models import DEFAULT_MODEL, get_spec
 from imgindex.paths import LibraryPaths
@@ -27,6 +28,7 @@ from imgindex.schema import (
     clusters,
     images,
     meta,
+    queue,
 )
 from imgindex.vindex import VectorIndex
 
@@ -67,7 +69,9 @@ class Library:
         """Create a library (or add roots to an existing one) and open it for writing."""
         paths = LibraryPaths(data_dir)
         paths.root.mkdir(parents=True, exist_ok=True)
-        lib = cls._open(paths, write=True, purpose="imgindex init")
+        # no write lock: adding roots is one short transaction, and works while the daemon
+        # runs (it notices config_version and starts watching the new roots)
+        lib = cls._open(paths, write=False, purpose="imgindex init")
         try:
             lib._configure(roots, k=k, model=model)
         except BaseException:
@@ -120,8 +124,16 @@ class Library:
             if k is not None:
                 store.set_meta(conn, "k", k)
                 self.k_setting = k
+            existing = [p for _, p in store.list_roots(conn)]
             for root in roots:
+                for other in existing:
+                    if root != other and (root in other.parents or other in root.parents):
+                        raise ImgIndexError(
+                            f"{root} and root {other} would overlap; a folder can belong to "
+                            "one root only"
+                        )
                 store.add_root(conn, root)
+            store.add_to_counter(conn, "config_version", 1)
 
     def _check_model(self) -> None:
         spec = get_spec(self.model)
@@ -239,6 +251,7 @@ class Library:
             counts = store.count_by_status(conn)
             settings = store.all_meta(conn)
             n_clusters = conn.execute(select(func.count()).select_from(clusters)).scalar()
+            queued = conn.execute(select(func.count()).select_from(queue)).scalar()
         return {
             "data_dir": str(self.paths.root),
             "roots": [{"path": str(p), "available": p.is_dir()} for p in self.roots()],
@@ -251,6 +264,21 @@ class Library:
             "pending": counts.get(STATUS_PENDING, 0),
             "index_size": self.vectors.size,
             "embedded_total": int(settings.get("embedded_total", "0")),
+            "queued": queued,
+            "daemon": self._daemon_status(settings.get("status.daemon")),
+        }
+
+    def _daemon_status(self, published: str | None) -> dict[str, Any]:
+        holder = store.lock_holder(self.paths.lock)
+        info = json.loads(published) if published else {}
+        running = bool(holder and "daemon" in holder)
+        return {
+            "running": running,
+            "state": info.get("state", "never run") if running else "not running",
+            "pid": info.get("pid") if running else None,
+            "heartbeat": info.get("heartbeat"),
+            "roots": info.get("roots", {}) if running else {},
+            "writer": holder,
         }
 
     def failed(self) -> list[dict[str, Any]]:

@@ -72,6 +72,16 @@ clusters = Table(
     Column("size", Integer, nullable=False),  # members assigned now
 )
 
+#: Paths the daemon's watcher saw change, processed once ``due_at`` passes (revision 0003).
+queue = Table(
+    "queue",
+    metadata,
+    Column("path", Text, primary_key=True),
+    Column("due_at", Float, nullable=False),
+    Column("enqueued_at", Float, nullable=False),
+)
+Index("ix_queue_due_at", queue.c.due_at)
+
 STATUS_INDEXED = "indexed"
 STATUS_FAILED = "failed"
 STATUS_PENDING = "pending"

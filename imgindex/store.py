@@ -78,6 +78,21 @@ class WriteLock:
             self._fd = None
 
 
+def lock_holder(path: Path) -> str | None:
+    """Who holds the write lock (``"pid N (purpose)"``), or None when nobody does."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+    finally:
+        os.close(fd)  # also drops the shared lock if we got it
+    return None
+
+
 # --- settings ---------------------------------------------------------------------------------
 
 
@@ -210,6 +225,42 @@ def _stack(blobs: list[bytes], dim: int) -> np.ndarray:
     if not blobs:
         return np.empty((0, dim), dtype=np.float32)
     return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim).copy()
+
+
+def paths_at_or_under(conn: Connection, path: str) -> list[str]:
+    """Rows whose path is ``path`` or inside the folder ``path``."""
+    prefix = path.rstrip(os.sep) + os.sep
+    q = select(images.c.path).where(
+        (images.c.path == path) | (func.substr(images.c.path, 1, len(prefix)) == prefix)
+    )
+    return list(conn.execute(q).scalars())
+
+
+def move_paths(conn: Connection, src: str, dest: str, root_id: int) -> tuple[int, list[int]]:
+    """Rename the row at ``src``, or every row under folder ``src``, to live under ``dest``.
+
+    Ids and vectors do not change. A row already at a destination path is stale (the file there
+    now is the one that moved) and is dropped. Returns ``(rows moved, indexed ids dropped)``.
+    """
+    moved, dropped = 0, []
+    for old in paths_at_or_under(conn, src):
+        new = dest + old[len(src) :]
+        if new == old:
+            continue
+        clash = find_by_path(conn, new)
+        if clash is not None:
+            if clash.status == STATUS_INDEXED:
+                dropped.append(clash.id)
+            delete_images(conn, [clash.id])
+        conn.execute(
+            update(images)
+            .where(images.c.path == old)
+            .values(path=new, root_id=root_id, updated_at=time.time())
+        )
+        moved += 1
+    if dropped:
+        bump_index_version(conn)
+    return moved, dropped
 
 
 def delete_images(conn: Connection, ids: Iterable[int]) -> int:

@@ -68,7 +68,8 @@ def test_upgrade_from_first_revision_keeps_data_and_backs_up(tmp_path):
     assert status["indexed"] == 2 and status["index_size"] == 2
     assert (data / "imgindex.db.before-0001.bak").exists()
     with sqlite3.connect(data / "imgindex.db") as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0002"
+        head = conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+        assert head == migrate.SCHEMA_HEAD
         assert conn.execute("SELECT count(*) FROM images WHERE retry_after IS NULL").fetchone() == (
             2,
         )

@@ -1,0 +1,391 @@
+"""``imgindex daemon``: keep a library current with its roots, forever.
+
+Start: open the library (migrations, FAISS loaded and caught up), start watching, tell systemd
+READY=1, then reconcile with the disk. Loop: turn watcher events into rows of the SQLite
+``queue`` (so a crash loses nothing), embed what is due in batches, refresh clusters and save
+the index when the queue drains, rescan periodically or when events may have been missed.
+Signal handlers only set flags; the loop acts on them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from imgindex import settings, store
+from imgindex.ingest import Ingestor, root_available, root_of
+from imgindex.library import Library
+from imgindex.notify import Notifier
+from imgindex.scan import is_ignored
+from imgindex.schema import STATUS_PENDING, images, queue
+from imgindex.watch import EventSink, RawEvent, Watcher
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.5  # longest sleep: how fast flags (SIGTERM) are noticed
+HOUSEKEEPING_S = 5.0  # roots re-checked, heartbeat and STATUS= written this often
+DRAIN_EVERY_S = 2.0  # clusters refreshed and index saved at most this often
+MOVE_GRACE_S = 1.0  # deletions wait this much longer than creations (moves come in halves)
+SETTLED_AGE_S = 2.0  # a created file older than this was moved in, not being written
+
+
+class Daemon:
+    """One running daemon over one library."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        workers: int | None = None,
+        weights: Path | None = None,
+        notifier: Notifier | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.data_dir = data_dir
+        self.workers = workers
+        self.weights = weights
+        self.overrides = overrides
+        self.notifier = notifier or Notifier()
+        self.stop_requested = False
+        self.reload_requested = False
+        self.sink = EventSink()
+        self.state = "starting"
+        self._beat = time.monotonic()
+        self._next_rescan = 0.0
+        self._last_house = 0.0
+        self._last_drain = 0.0
+        self._dirty = False
+        self._config_version = ""
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; returns the exit status."""
+        warnings.filterwarnings("ignore", category=RuntimeWarning, module="watchdog")
+        self._install_signals()
+        self.lib = Library.open(self.data_dir, write=True, purpose="imgindex daemon")
+        try:
+            self._reload()
+            self.lib.vectors  # noqa: B018 - loaded and consistent before READY
+            self.watcher = Watcher(self.sink, self.settings.poll or None)
+            self._sync_roots()
+            self.state = "scanning"
+            threading.Thread(target=self._keepalive, name="watchdog-ping", daemon=True).start()
+            self.notifier.ready(self._status_line())
+            log.info("ready: %s", self._status_line())
+            self.rescan()
+            while not self.stop_requested:
+                self.tick()
+            self._set_state("stopping")
+            self.notifier.stopping()
+            self.lib.save_index()
+            self.watcher.stop()
+        finally:
+            self._publish(final=True)
+            self.lib.close()
+        log.info("stopped")
+        return 0
+
+    def _install_signals(self) -> None:
+        def stop(_signo: int, _frame: Any) -> None:
+            self.stop_requested = True
+
+        def reload(_signo: int, _frame: Any) -> None:
+            self.reload_requested = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, reload)
+
+    def _reload(self) -> None:
+        with self.lib.engine.connect() as conn:
+            self.settings = settings.load(conn, **self.overrides)
+            self._config_version = store.get_meta(conn, "config_version", "0") or "0"
+            self.roots = [p for _, p in store.list_roots(conn)]
+        self.ingestor = Ingestor(
+            self.lib,
+            batch_size=self.settings.batch_size,
+            workers=self.workers,
+            weights=self.weights,
+            embedder=getattr(self, "ingestor", None) and self.ingestor._embedder,
+            progress=lambda _n: self._heartbeat(),
+            should_stop=lambda: self.stop_requested,
+            defer=self._deferred,
+        )
+        jitter = random.uniform(0.9, 1.1)
+        self._next_rescan = time.monotonic() + self.settings.rescan_interval * jitter
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """One turn of the loop: flags, events, due work, housekeeping, then sleep."""
+        self._heartbeat()
+        if self.reload_requested:
+            self.reload_requested = False
+            self.notifier.reloading()
+            self._reload()
+            self._sync_roots()
+            self.notifier.ready(self._status_line())
+            log.info("configuration reloaded")
+        self._absorb(self.sink.drain())
+        now = time.monotonic()
+        if self.watcher.missed_events or not self.watcher.healthy() or now >= self._next_rescan:
+            why = "events were lost" if self.watcher.missed_events else "it is time"
+            log.info("rescanning the roots: %s", why)
+            self.watcher.missed_events = False
+            self.rescan()
+        if self._process_due():
+            return  # more may be due right away
+        if (
+            self._dirty
+            and time.monotonic() - self._last_drain >= DRAIN_EVERY_S
+            and self._queued() == 0
+        ):
+            self._drain()
+        if time.monotonic() - self._last_house >= HOUSEKEEPING_S:
+            self._housekeeping()
+        self.sink.wake.wait(self._sleep_for())
+        self.sink.wake.clear()
+
+    def rescan(self) -> None:
+        """Full reconciliation of every root with the disk."""
+        self._set_state("scanning")
+        report = self.ingestor.run()
+        self._dirty = False
+        self._last_drain = time.monotonic()
+        self._next_rescan = time.monotonic() + self.settings.rescan_interval * random.uniform(
+            0.9, 1.1
+        )
+        with self.lib.engine.begin() as conn:
+            store.set_meta(conn, "status.last_scan_at", time.time())
+        log.info(
+            "scan done: %d embedded, %d moved, %d removed, %d failed, %d unchanged",
+            report.embedded,
+            report.moved,
+            report.removed,
+            report.failed,
+            report.unchanged,
+        )
+        self._set_state("watching")
+
+    def _absorb(self, events: list[RawEvent]) -> None:
+        """Watcher events become queue rows; renames are followed in the database at once."""
+        if not events:
+            return
+        now = time.time()
+        due: dict[str, float] = {}
+        forget: list[str] = []
+        for ev in events:
+            if ev.kind == "moved":
+                if self._ignored(ev.dest):
+                    due[ev.path] = now + self.settings.debounce  # renamed away: gone
+                    continue
+                if not self._ignored(ev.path):
+                    self.ingestor.move(ev.path, ev.dest)
+                    self._dirty = True
+                    forget.append(ev.path)
+                due[ev.dest] = now + self.settings.debounce
+            elif self._ignored(ev.path):
+                continue
+            elif ev.kind in ("created", "modified") and not ev.is_dir:
+                due[ev.path] = now + self._quiet_for(ev.path, now)
+            elif ev.kind == "deleted":  # a little later, so a move's other half arrives first
+                due[ev.path] = now + self.settings.debounce + MOVE_GRACE_S
+            else:  # closed after writing, a folder created: after a short quiet
+                due[ev.path] = now + self.settings.debounce
+        with self.lib.engine.begin() as conn:
+            for path in forget:
+                conn.execute(delete(queue).where(queue.c.path == path))
+            for path, at in due.items():
+                stmt = sqlite_insert(queue).values(path=path, due_at=at, enqueued_at=now)
+                conn.execute(
+                    stmt.on_conflict_do_update(index_elements=["path"], set_={"due_at": at})
+                )
+
+    def _quiet_for(self, path: str, now: float) -> float:
+        """How long to wait before reading a file that was created or written to."""
+        if self.watcher.modes.get(self._root(path), "").startswith("polling"):
+            return self.settings.debounce  # no close events when polling
+        try:
+            age = now - os.stat(path).st_mtime
+        except OSError:
+            return self.settings.debounce  # gone already
+        if age > SETTLED_AGE_S:  # moved in from elsewhere, not being written
+            return self.settings.debounce
+        return self.settings.write_timeout  # being written: wait for the close
+
+    def _deferred(self, path: str) -> bool:
+        """True for a file with a queue entry not yet due (a scan leaves it to its event)."""
+        with self.lib.engine.connect() as conn:
+            due = conn.execute(select(queue.c.due_at).where(queue.c.path == path)).scalar()
+        return due is not None and due > time.time()
+
+    def _process_due(self) -> bool:
+        """Embed one batch of due paths; True when a full batch was taken."""
+        limit = self.settings.batch_size
+        now = time.time()
+        with self.lib.engine.connect() as conn:
+            rows = conn.execute(
+                select(queue.c.path, queue.c.due_at)
+                .where(queue.c.due_at <= now)
+                .order_by(queue.c.due_at)
+                .limit(limit)
+            ).all()
+        if not rows:
+            return False
+        oldest = rows[0].due_at
+        if (
+            len(rows) < limit
+            and now - oldest < self.settings.batch_seconds
+            and self._queued() > len(rows)
+        ):
+            return False  # more are coming: wait up to batch_seconds to fill the batch
+        self._set_state("indexing")
+        self.ingestor.refresh_paths([r.path for r in rows])
+        with self.lib.engine.begin() as conn:
+            for r in rows:
+                conn.execute(
+                    delete(queue).where(queue.c.path == r.path, queue.c.due_at == r.due_at)
+                )
+        self._dirty = True
+        self._set_state("watching")
+        return len(rows) == limit
+
+    def _drain(self) -> None:
+        self._set_state("clustering")
+        self.ingestor.drain()
+        self._dirty = False
+        self._last_drain = time.monotonic()
+        r = self.ingestor.report
+        log.info(
+            "up to date: %d embedded, %d moved, %d removed, %d failed so far",
+            r.embedded,
+            r.moved,
+            r.removed,
+            r.failed,
+        )
+        self._set_state("watching")
+
+    def _housekeeping(self) -> None:
+        self._last_house = time.monotonic()
+        with self.lib.engine.connect() as conn:
+            version = store.get_meta(conn, "config_version", "0") or "0"
+        if version != self._config_version:
+            self.reload_requested = True
+        self._sync_roots()
+        self._retry_pending()
+        self._publish()
+        self.notifier.status(self._status_line())
+
+    def _sync_roots(self) -> None:
+        available = {root: root_available(root) for root in self.roots}
+        for root in self.watcher.sync(self.roots, available):
+            if self.state != "starting":
+                log.info("root %s is available: scanning it", root)
+                self._enqueue([str(root)], time.time())
+
+    def _retry_pending(self) -> None:
+        with self.lib.engine.connect() as conn:
+            paths = (
+                conn.execute(
+                    select(images.c.path)
+                    .where(images.c.status == STATUS_PENDING, images.c.retry_after <= time.time())
+                    .limit(1000)
+                )
+                .scalars()
+                .all()
+            )
+        if paths:
+            self._enqueue(paths, time.time())
+
+    def _enqueue(self, paths: list[str], at: float) -> None:
+        with self.lib.engine.begin() as conn:
+            for path in paths:
+                stmt = sqlite_insert(queue).values(path=path, due_at=at, enqueued_at=at)
+                conn.execute(stmt.on_conflict_do_nothing(index_elements=["path"]))
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _ignored(self, path: str) -> bool:
+        root = self._root(path)
+        if root is None:
+            return True
+        rel = Path(path).relative_to(root).parts if path != str(root) else ()
+        return any(is_ignored(part) or self.settings.ignores(part) for part in rel)
+
+    def _root(self, path: str) -> Path | None:
+        found = root_of(path, list(enumerate(self.roots)))
+        return found[1] if found else None
+
+    def _queued(self) -> int:
+        with self.lib.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(queue)).scalar() or 0)
+
+    def _sleep_for(self) -> float:
+        with self.lib.engine.connect() as conn:
+            nxt = conn.execute(select(func.min(queue.c.due_at))).scalar()
+        wait = TICK_S if nxt is None else max(0.01, min(TICK_S, nxt - time.time()))
+        if self._dirty:
+            wait = min(wait, max(0.01, DRAIN_EVERY_S - (time.monotonic() - self._last_drain)))
+        return wait
+
+    def _heartbeat(self) -> None:
+        self._beat = time.monotonic()
+
+    def _keepalive(self) -> None:
+        """WATCHDOG=1 while the loop is alive (a hung loop stops the pings)."""
+        interval = self.notifier.watchdog_interval
+        if not interval:
+            return
+        stale_after = max(60.0, 4 * interval)
+        while not self.stop_requested:
+            if time.monotonic() - self._beat < stale_after:
+                self.notifier.watchdog()
+            time.sleep(interval)
+
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            self.state = state
+            self._publish()
+
+    def _counts(self) -> dict[str, int]:
+        with self.lib.engine.connect() as conn:
+            counts = store.count_by_status(conn)
+        return {
+            "indexed": counts.get("indexed", 0),
+            "failed": counts.get("failed", 0),
+            "pending": counts.get("pending", 0),
+            "queued": self._queued(),
+        }
+
+    def _status_line(self) -> str:
+        c = self._counts()
+        return (
+            f"{self.state}: {c['indexed']} indexed, {c['queued'] + c['pending']} pending, "
+            f"{c['failed']} failed"
+        )
+
+    def _publish(self, final: bool = False) -> None:
+        """What `imgindex status` shows about the daemon."""
+        info = {
+            "pid": os.getpid(),
+            "state": "stopped" if final else self.state,
+            "heartbeat": time.time(),
+            "roots": {
+                str(r): m
+                for r, m in (getattr(self, "watcher", None) and self.watcher.modes.items()) or []
+            },
+        }
+        with self.lib.engine.begin() as conn:
+            store.set_meta(conn, "status.daemon", json.dumps(info))

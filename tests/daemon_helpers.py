@@ -1,0 +1,123 @@
+"""A real `imgindex daemon` subprocess, with a NOTIFY_SOCKET the test reads."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from helpers import cli_json
+
+
+class DaemonProcess:
+    """Starts ``python -m imgindex daemon`` on a library and reads its sd_notify messages."""
+
+    def __init__(self, data: Path, *args: str, watchdog_usec: int | None = None) -> None:
+        self.data = data
+        self.sock_path = data.parent / f"notify-{time.monotonic_ns()}.sock"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.sock_path))
+        self.sock.settimeout(0.2)
+        self.messages: list[str] = []
+        env = {**os.environ, "NOTIFY_SOCKET": str(self.sock_path)}
+        if watchdog_usec:
+            env["WATCHDOG_USEC"] = str(watchdog_usec)
+        self.log = open(data.parent / "daemon.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "imgindex",
+                "--data-dir",
+                str(data),
+                "daemon",
+                "--debounce",
+                "0.3",
+                "--batch-seconds",
+                "0.2",
+                *args,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            env=env,
+        )
+
+    def read_messages(self) -> list[str]:
+        while True:
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except (TimeoutError, BlockingIOError):
+                return self.messages
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        wait_for(
+            lambda: any("READY=1" in m for m in self.read_messages()),
+            timeout,
+            lambda: f"daemon not ready; log: {self.log_text()}",
+        )
+
+    def log_text(self) -> str:
+        return (self.data.parent / "daemon.log").read_text(errors="replace")[-3000:]
+
+    def signal(self, signo: int) -> None:
+        self.proc.send_signal(signo)
+
+    def stop(self, timeout: float = 10) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=timeout)
+        self.read_messages()
+        self.close()
+        return code
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        self.sock_path.unlink(missing_ok=True)
+        self.log.close()
+
+    def __enter__(self) -> DaemonProcess:
+        self.wait_ready()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.stop()
+
+
+def wait_for(
+    predicate: Callable[[], Any], timeout: float, message: Callable[[], str] | str = ""
+) -> Any:
+    """Poll ``predicate`` until it is truthy; fail with ``message`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(message() if callable(message) else message)
+        time.sleep(0.1)
+
+
+def status(data: Path) -> dict:
+    return cli_json(data, "status")
+
+
+def settled(data: Path, indexed: int) -> bool:
+    s = status(data)
+    return (
+        s["indexed"] == indexed
+        and s["index_size"] == indexed
+        and s["queued"] == 0
+        and s["pending"] == 0
+    )
