@@ -72,7 +72,8 @@ def main() -> None:
     cmd = [sys.executable, "-m", "imgindex", "--data-dir", str(data)]
     subprocess.run([*cmd, "init", str(root), "--model", args.model], check=True)
     subprocess.run([*cmd, "index"], check=True, capture_output=True)
-    daemon = subprocess.Popen([*cmd, "daemon"], stderr=open(tmp / "daemon.log", "wb"))
+    log = open(tmp / "daemon.log", "wb")  # noqa: SIM115 - lives as long as the daemon
+    daemon = subprocess.Popen([*cmd, "daemon"], stderr=log)
     try:
         time.sleep(8)  # model loaded, start-up scan done
         drop = root / "incoming"
