@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sqlite3
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -69,7 +71,7 @@ class Prepared:
     format: str | None = None
     reason: str | None = None
     retryable: bool = False
-    source: Any = None  # row with the same content, for ``known``
+    source: int | None = None  # id of a row with the same content, for ``known``
 
 
 class Ingestor:
@@ -102,6 +104,8 @@ class Ingestor:
         self._embedder = embedder
         self._saved_at = time.monotonic()
         self.report = Report()
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
 
     # --- full passes --------------------------------------------------------------------------
 
@@ -177,18 +181,24 @@ class Ingestor:
     def ingest(self, files: Iterable[tuple[int, FileStat]]) -> None:
         """Embed and store ``(root_id, file)`` pairs; decoding overlaps with the model."""
         pending: list[Prepared] = []
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="decode") as pool:
-            results = _ordered_map(pool, self._prepare, files, self.workers * 4)
-            for prepared in results:
-                pending.append(prepared)
-                decoded = sum(p.kind == "decoded" for p in pending)
-                if decoded >= self.batch_size or len(pending) >= 8 * self.batch_size:
-                    self._flush(pending)
-                    pending = []
-                    if self.should_stop():  # what is left is found again by the next pass
-                        results.close()
-                        return
-            self._flush(pending)
+        try:
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="decode") as pool:
+                results = _ordered_map(pool, self._prepare, files, self.workers * 4)
+                for prepared in results:
+                    pending.append(prepared)
+                    decoded = sum(p.kind == "decoded" for p in pending)
+                    if decoded >= self.batch_size or len(pending) >= 8 * self.batch_size:
+                        self._flush(pending)
+                        pending = []
+                        if self.should_stop():  # what is left is found again by the next pass
+                            results.close()
+                            return
+                self._flush(pending)
+        finally:
+            for conn in self._connections:  # the worker threads are gone
+                conn.close()
+            self._connections.clear()
+            self._local = threading.local()
 
     def _prepare(self, item: tuple[int, FileStat]) -> Prepared:
         """Runs in a worker thread: read, verify stable, hash, look up, decode."""
@@ -202,8 +212,7 @@ class Ingestor:
         if (st.st_size, st.st_mtime_ns) != (fs.size, fs.mtime_ns) or len(data) != st.st_size:
             return Prepared(root_id, FileStat(fs.path, st.st_size, st.st_mtime_ns), "changed")
         digest = hashlib.blake2b(data, digest_size=20).hexdigest()
-        with self.lib.engine.connect() as conn:
-            source = store.find_indexed_by_hash(conn, digest, self.lib.model)
+        source = self._known(digest)
         if source is not None:
             return Prepared(root_id, fs, "known", digest, source=source)
         try:
@@ -215,6 +224,19 @@ class Ingestor:
         return Prepared(
             root_id, fs, "decoded", digest, img.pixels, img.width, img.height, img.format
         )
+
+    def _known(self, digest: str) -> int | None:
+        """Id of an indexed row with this content (worker threads: a plain sqlite3 connection
+        each, so the lookup holds the GIL for microseconds, not SQLAlchemy's milliseconds)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.lib.paths.db, timeout=30, check_same_thread=False)
+            self._local.conn = conn
+            self._connections.append(conn)
+        row = conn.execute(
+            "SELECT id FROM images WHERE content_hash = ? AND status = ? AND model = ? LIMIT 1",
+            (digest, STATUS_INDEXED, self.lib.model)).fetchone()
+        return None if row is None else row[0]
 
     def _embed(self, batch: list[Prepared]) -> np.ndarray:
         if not batch:
@@ -272,7 +294,12 @@ class Ingestor:
             "updated_at": now,
         }
         if p.kind == "known":
-            src = conn.execute(select(images).where(images.c.id == p.source.id)).first()
+            src = conn.execute(select(images).where(images.c.id == p.source)).first()
+            if src is None or src.status != STATUS_INDEXED:  # gone since the worker looked
+                src = store.find_indexed_by_hash(conn, p.content_hash, self.lib.model)
+            if src is None:
+                p = Prepared(p.root_id, p.fs, "changed")
+                return self._apply(conn, p, None, added, removed)
             if old is not None and src is not None and old.id == src.id:  # touched only
                 conn.execute(update(images).where(images.c.id == old.id).values(**base))
                 return
@@ -282,13 +309,8 @@ class Ingestor:
                 self.report.moved += 1
                 return
             self.report.reused += 1
-            vector = store.blob_to_vector(p.source.vector)
-            row = {
-                **base,
-                "width": p.source.width,
-                "height": p.source.height,
-                "format": p.source.format,
-            }
+            vector = store.blob_to_vector(src.vector)
+            row = {**base, "width": src.width, "height": src.height, "format": src.format}
             self._insert_indexed(conn, row, vector, added)
         elif p.kind == "decoded":
             self._drop(conn, old, removed)
