@@ -16,23 +16,53 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from sqlalchemy.exc import DatabaseError
 from typer.core import TyperGroup
 
 from imgindex.errors import ImgIndexError
 from imgindex.paths import resolve_data_dir
 
+try:  # typer >= 0.16 vendors click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:  # pragma: no cover - older typer with click installed
+    from click.exceptions import ClickException, NoArgsIsHelpError
+
 
 class _Boundary(TyperGroup):
-    """Turns ImgIndexError into ``error: ...`` on stderr and exit status 1."""
+    """The one error boundary: a user's mistake is one ``error: ...`` line and exit status 1
+    (2 for usage errors, as is customary); ``--verbose`` adds the traceback."""
 
     def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except ImgIndexError as exc:
+        except (ImgIndexError, OSError, DatabaseError) as exc:
             if (ctx.obj or {}).get("verbose"):
                 traceback.print_exc()
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {_message(exc)}", err=True)
             raise typer.Exit(1) from None
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except NoArgsIsHelpError as exc:
+            typer.echo(exc.ctx.get_help() if exc.ctx else "imgindex --help")
+            sys.exit(0)
+        except ClickException as exc:
+            typer.echo(f"error: {exc.format_message()} (see --help)", err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("error: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, DatabaseError):
+        return f"the library's database cannot be used: {exc.orig or exc}"
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc)
 
 
 app = typer.Typer(
@@ -143,6 +173,7 @@ def _run_pass(
     workers: int | None,
     max_pixels: int,
     weights: Path | None,
+    embedder: Any = None,
 ) -> Any:
     from imgindex.ingest import Ingestor
 
@@ -159,6 +190,7 @@ def _run_pass(
         workers=workers,
         max_pixels=max_pixels,
         weights=weights,
+        embedder=embedder,
         progress=lambda n: bar and bar.update(n),
     )
     try:
@@ -184,8 +216,10 @@ def _summary(report: Any, as_json: bool) -> None:
         typer.echo("see `imgindex status --failed` for the reasons", err=True)
 
 
-BatchOpt = Annotated[int, typer.Option(help="Images per model batch.")]
-WorkersOpt = Annotated[int | None, typer.Option(help="Decode threads [default: cores, 2-8].")]
+BatchOpt = Annotated[int, typer.Option(min=1, help="Images per model batch.")]
+WorkersOpt = Annotated[
+    int | None, typer.Option(min=1, help="Decode threads [default: cores, 2-8].")
+]
 PixelsOpt = Annotated[int, typer.Option(help="Refuse images with more pixels than this.")]
 WeightsOpt = Annotated[Path | None, typer.Option(help="Model weights file (no download).")]
 
@@ -220,12 +254,14 @@ def reindex(
     as_json: JsonOpt = False,
 ) -> None:
     """Switch the library to another model and re-embed everything."""
-    from imgindex.models import get_spec
+    from imgindex.models import get_spec, load_embedder
 
     get_spec(model)  # unknown names fail before anything changes
     with _open(ctx, write=True, purpose="imgindex reindex") as lib:
+        # weights that cannot be had fail here, while the old vectors are still intact
+        embedder = load_embedder(model, weights=weights, cache_dir=lib.paths.weights)
         lib.switch_model(model)
-        report = _run_pass(lib, None, batch_size, workers, max_pixels, weights)
+        report = _run_pass(lib, None, batch_size, workers, max_pixels, weights, embedder)
     _summary(report, as_json)
 
 

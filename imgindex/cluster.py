@@ -9,11 +9,13 @@ after which clusters keep their id when they hold mostly the same images as befo
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans, MiniBatchKMeans
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import silhouette_score
 from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
 
@@ -78,7 +80,9 @@ def partial_fit(
 def fit_full(sample: np.ndarray, k: int, seed: int = 0, n_init: int = 3) -> np.ndarray:
     """Centres of a batch k-means++ run over ``sample``."""
     km = KMeans(n_clusters=k, init="k-means++", n_init=n_init, random_state=seed)
-    km.fit(np.ascontiguousarray(sample, dtype=np.float32))
+    with warnings.catch_warnings():  # fewer distinct points than k: empty clusters dropped later
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        km.fit(np.ascontiguousarray(sample, dtype=np.float32))
     return km.cluster_centers_.astype(np.float32)
 
 
@@ -90,7 +94,9 @@ def choose_k(sample: np.ndarray, seed: int = 0) -> tuple[int, dict[int, float]]:
         return (1 if n < 2 else 2), {}
     scores: dict[int, float] = {}
     for k in candidates:
-        labels = KMeans(n_clusters=k, n_init=1, random_state=seed).fit_predict(sample)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            labels = KMeans(n_clusters=k, n_init=1, random_state=seed).fit_predict(sample)
         if len(set(labels.tolist())) < 2:
             continue
         scores[k] = float(silhouette_score(sample, labels, metric="euclidean"))

@@ -104,6 +104,7 @@ class Ingestor:
         self._embedder = embedder
         self._saved_at = time.monotonic()
         self.report = Report()
+        self._dropped: dict[str, Any] = {}  # content hash -> row dropped in this batch
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
 
@@ -205,8 +206,15 @@ class Ingestor:
         root_id, fs = item
         try:
             with open(fs.path, "rb") as fh:
-                data = fh.read()
+                head = fh.read(64)
+                if head and not looks_like_image(head):  # never read a huge non-image whole
+                    return Prepared(
+                        root_id, fs, "failed", reason="not an image (format not recognised)"
+                    )
+                data = head + fh.read()
             st = os.stat(fs.path)
+        except FileNotFoundError:
+            return Prepared(root_id, fs, "vanished")
         except OSError as exc:
             return Prepared(root_id, fs, "failed", reason=f"cannot read: {exc.strerror}")
         if (st.st_size, st.st_mtime_ns) != (fs.size, fs.mtime_ns) or len(data) != st.st_size:
@@ -235,19 +243,23 @@ class Ingestor:
             self._connections.append(conn)
         row = conn.execute(
             "SELECT id FROM images WHERE content_hash = ? AND status = ? AND model = ? LIMIT 1",
-            (digest, STATUS_INDEXED, self.lib.model)).fetchone()
+            (digest, STATUS_INDEXED, self.lib.model),
+        ).fetchone()
         return None if row is None else row[0]
 
     def _embed(self, batch: list[Prepared]) -> np.ndarray:
         if not batch:
             return np.empty((0, self.lib.dim), dtype=np.float32)
+        return self._embed_pixels(np.stack([p.pixels for p in batch]))
+
+    def _embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         if self._embedder is None:
             from imgindex.models import load_embedder
 
             self._embedder = load_embedder(
                 self.lib.model, weights=self.weights, cache_dir=self.lib.paths.weights
             )
-        return self._embedder.embed(np.stack([p.pixels for p in batch]))
+        return self._embedder.embed(pixels)
 
     def _flush(self, batch: list[Prepared]) -> None:
         if not batch:
@@ -257,6 +269,7 @@ class Ingestor:
         vectors = dict(zip((id(p) for p in to_embed), self._embed(to_embed), strict=True))
         added: list[tuple[int, np.ndarray]] = []
         removed: list[int] = []
+        self._dropped: dict[str, Any] = {}
         with self.lib.engine.begin() as conn:
             for p in batch:
                 self._apply(conn, p, vectors.get(id(p)), added, removed)
@@ -293,10 +306,16 @@ class Ingestor:
             "content_hash": p.content_hash,
             "updated_at": now,
         }
+        if p.kind == "vanished":  # deleted between the walk and the read
+            self._drop(conn, old, removed)
+            self.report.removed += old is not None
+            return None
         if p.kind == "known":
             src = conn.execute(select(images).where(images.c.id == p.source)).first()
             if src is None or src.status != STATUS_INDEXED:  # gone since the worker looked
                 src = store.find_indexed_by_hash(conn, p.content_hash, self.lib.model)
+            if src is None:  # e.g. two files swapped names: its row was dropped just now
+                src = self._dropped.get(p.content_hash or "")
             if src is None:
                 p = Prepared(p.root_id, p.fs, "changed")
                 return self._apply(conn, p, None, added, removed)
@@ -304,7 +323,7 @@ class Ingestor:
                 conn.execute(update(images).where(images.c.id == old.id).values(**base))
                 return
             self._drop(conn, old, removed)
-            if src is not None and not os.path.exists(src.path):  # moved or renamed
+            if self._moved_away(conn, src):  # moved or renamed
                 conn.execute(update(images).where(images.c.id == src.id).values(**base))
                 self.report.moved += 1
                 return
@@ -347,12 +366,22 @@ class Ingestor:
         ).inserted_primary_key[0]
         added.append((new_id, np.asarray(vector, dtype=np.float32)))
 
-    @staticmethod
-    def _drop(conn: Connection, old: Any, removed: list) -> None:
+    def _drop(self, conn: Connection, old: Any, removed: list) -> None:
         if old is not None:
             store.delete_images(conn, [old.id])
             if old.status == STATUS_INDEXED:
                 removed.append(old.id)
+                self._dropped[old.content_hash] = old
+
+    def _moved_away(self, conn: Connection, src: Any) -> bool:
+        """True when ``src``'s file is gone from a root that is available (a file on an
+        unplugged disk has not moved: its row stays, and the new file gets a copy)."""
+        if any(r.id == src.id for r in self._dropped.values()):
+            return False  # its row was replaced in this batch (two files swapped names)
+        if os.path.exists(src.path):
+            return False  # a copy
+        owner = root_of(src.path, store.list_roots(conn))
+        return owner is not None and root_available(owner[1])
 
     # --- paths reported by the watcher -------------------------------------------------------
 
@@ -447,6 +476,35 @@ class Ingestor:
             organize.after_drain(conn, self.lib.k_setting, self.lib.dim)
         self.lib.save_index()
         self._saved_at = time.monotonic()
+
+
+IMAGE_MAGIC = (
+    b"\xff\xd8\xff",
+    b"\x89PNG",
+    b"GIF8",
+    b"BM",
+    b"II*\x00",
+    b"MM\x00*",
+    b"II+\x00",
+    b"MM\x00+",
+    b"P1",
+    b"P2",
+    b"P3",
+    b"P4",
+    b"P5",
+    b"P6",
+    b"P7",
+)
+
+
+def looks_like_image(head: bytes) -> bool:
+    """Whether the first bytes of a file could start a format we decode (cheap sniffing so a
+    multi-gigabyte non-image is never read whole)."""
+    if head.startswith(IMAGE_MAGIC):
+        return True
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return True
+    return head[4:8] == b"ftyp"  # HEIF, HEIC, AVIF (ISO base media)
 
 
 def root_of(path: str, roots: list[tuple[int, Path]]) -> tuple[int, Path] | None:

@@ -8,8 +8,10 @@ an up-to-date library stays fast.
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import logging
+import os
 import sqlite3
 from pathlib import Path
 
@@ -72,6 +74,17 @@ def upgrade(engine: Engine, db_path: Path, target: str = "head") -> None:
 
 def ensure_schema(engine: Engine, db_path: Path) -> None:
     """Bring the database to ``SCHEMA_HEAD``; refuse one written by a newer imgindex."""
+    if current_revision(engine) == SCHEMA_HEAD:
+        return
+    lock = os.open(db_path.with_name(f"{db_path.name}.migrate.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two processes opening an old database: one migrates
+        _upgrade_locked(engine, db_path)
+    finally:
+        os.close(lock)
+
+
+def _upgrade_locked(engine: Engine, db_path: Path) -> None:
     rev = current_revision(engine)
     if rev == SCHEMA_HEAD:
         return

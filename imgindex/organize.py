@@ -109,7 +109,7 @@ def _sample(conn: Connection, dim: int, n: int, size: int) -> np.ndarray:
 def consolidate(conn: Connection, k_setting: str, dim: int) -> None:
     """Full k-means++ over (a sample of) the library; ids follow their images."""
     n = _count(conn)
-    if n < 2:
+    if n == 0:
         save_state(
             conn,
             np.empty(0, np.int64),
@@ -121,7 +121,7 @@ def consolidate(conn: Connection, k_setting: str, dim: int) -> None:
         )
         conn.execute(update(images).values(cluster_id=None))
         return
-    k = _choose_k(conn, k_setting, dim, n)
+    k = max(1, _choose_k(conn, k_setting, dim, n))
     centers = cluster.fit_full(_sample(conn, dim, n, SAMPLE_FIT), k, seed=SEED)
     all_ids, positions, old = [], [], []
     for ids, vecs, cids in store.iter_vectors(conn, dim):
@@ -129,6 +129,9 @@ def consolidate(conn: Connection, k_setting: str, dim: int) -> None:
         positions.append(cluster.assign(centers, vecs))
         old.append(cids)
     ids, pos, old_ids = map(np.concatenate, (all_ids, positions, old))
+    used = np.flatnonzero(np.bincount(pos, minlength=k))  # fewer distinct images than k
+    centers, pos = centers[used], np.searchsorted(used, pos)
+    k = len(used)
     new_ids = _stable_ids(conn, pos, old_ids, k)
     sizes = np.bincount(pos, minlength=k)
     store.set_clusters(conn, ids, new_ids[pos])

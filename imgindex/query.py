@@ -17,7 +17,7 @@ def similar_to(
         raise ImgIndexError(f"{photo}: no such file")
     if k < 1:
         raise ImgIndexError(f"-k {k}: expected at least 1")
-    stored = lib.stored_vector(path.resolve())
+    stored = lib.stored_vector(path) or lib.stored_vector(path.resolve())
     if stored is not None:
         own_id, vector = stored
         return lib.search(vector, k, exclude=own_id)

@@ -262,3 +262,48 @@ def test_default_data_dir_follows_systemd_then_xdg(tmp_path, monkeypatch):
     monkeypatch.setenv("IMGINDEX_DATA_DIR", str(tmp_path / "env"))
     assert resolve_data_dir() == tmp_path / "env"
     assert resolve_data_dir(tmp_path / "flag") == tmp_path / "flag"
+
+
+def test_swapping_two_names_embeds_nothing_and_keeps_both(library):
+    photos, data = library
+    a, b = photos / "reds" / "red_000.jpg", photos / "blues" / "blue_000.png"
+    tmp = photos / "swap.tmp"
+    a.rename(tmp)
+    b.rename(a)
+    tmp.rename(b)
+    report = cli_json(data, "index")
+    assert report["embedded"] == 0 and report["pending"] == 0
+    status = cli_json(data, "status")
+    assert status["indexed"] == status["index_size"] == 24
+
+
+def test_failed_reindex_leaves_the_library_as_it_was(library, monkeypatch):
+    _, data = library
+    monkeypatch.setenv("IMGINDEX_WEIGHTS_MIRROR", "http://127.0.0.1:9/")
+    result = cli(data, "reindex", "--model", "mobilenet_v2", code=1)
+    assert "cannot download weights" in result.stderr and "--weights" in result.stderr
+    status = cli_json(data, "status")
+    assert status["model"] == "thumbnail" and status["indexed"] == 24 and status["clusters"] == 2
+
+
+def test_a_copy_of_a_file_on_an_unplugged_root_does_not_steal_its_row(tmp_path):
+    usb, home, data = tmp_path / "usb", tmp_path / "home", tmp_path / "data"
+    make_photos(usb, "red", 3)
+    make_photos(home, "blue", 3)
+    cli(data, "init", usb, home, "--model", "thumbnail", "--k", "2")
+    cli(data, "index")
+    usb.rename(tmp_path / "unplugged")
+    shutil.copy(tmp_path / "unplugged" / "red_000.jpg", home / "copy.jpg")
+    report = cli_json(data, "index")
+    assert report["moved"] == 0 and report["reused"] == 1 and report["frozen"] == [str(usb)]
+    assert cli_json(data, "status")["indexed"] == 7
+
+
+def test_usage_errors_are_one_line(tmp_path):
+    from helpers import run_process
+
+    result = run_process("--data-dir", tmp_path, "clusters", "show", "abc")
+    assert result.returncode == 2 and result.stderr.startswith("error: ")
+    assert result.stderr.count("\n") == 1
+    result = run_process("--data-dir", tmp_path, "index", "--workers", "0")
+    assert result.returncode == 2 and result.stderr.startswith("error: ")

@@ -107,3 +107,53 @@ def test_auto_k_is_chosen_by_silhouette_and_every_image_is_assigned(tmp_path):
     status = cli_json(data, "status")
     assert status["k"] == "auto" and status["clusters"] == 3
     assert sum(c["size"] for c in cli_json(data, "clusters")) == 75
+
+
+def test_each_batch_updates_the_model_before_the_run_ends(tmp_path):
+    """Clusters form and follow during a run (partial_fit per batch), not only at its end."""
+    import sqlite3
+
+    from imgindex.ingest import Ingestor
+    from imgindex.library import Library
+    from imgindex.scan import walk
+
+    photos, data = tmp_path / "photos", tmp_path / "data"
+    for fam in ("red", "blue", "green"):
+        make_photos(photos / fam, fam, 40)
+    Library.create(data, [photos.resolve()], k="3", model="thumbnail").close()
+    steps = []
+    with Library.open(data, write=True) as lib:
+        ingestor = Ingestor(lib, batch_size=8)
+        files = [(1, fs) for fs in walk(photos.resolve())]
+        for start in range(0, len(files), 24):  # no drain: only per-batch updates
+            ingestor.ingest(files[start : start + 24])
+            with sqlite3.connect(data / "imgindex.db") as conn:
+                steps.append(
+                    int(
+                        conn.execute(
+                            "SELECT value FROM meta WHERE key = 'cluster_n_steps'"
+                        ).fetchone()[0]
+                        if conn.execute(
+                            "SELECT 1 FROM meta WHERE key = 'cluster_n_steps'"
+                        ).fetchone()
+                        else 0
+                    )
+                )
+                unassigned = conn.execute(
+                    "SELECT count(*) FROM images WHERE cluster_id IS NULL"
+                ).fetchone()[0]
+    assert steps[-1] > steps[2] > 0, steps  # partial_fit ran batch after batch
+    assert unassigned == 0  # every image got a cluster as its batch arrived
+
+
+def test_tiny_libraries_get_sensible_clusters(tmp_path):
+    photos, data = tmp_path / "photos", tmp_path / "data"
+    make_photos(photos, "red", 1)
+    cli(data, "init", photos, "--model", "thumbnail", "--k", "5")
+    cli(data, "index")
+    assert [c["size"] for c in cli_json(data, "clusters")] == [1]
+    make_photos(photos, "blue", 2)
+    result = cli(data, "index")
+    assert "Warning" not in result.stderr
+    sizes = sorted(c["size"] for c in cli_json(data, "clusters"))
+    assert sum(sizes) == 3 and 0 not in sizes

@@ -27,9 +27,14 @@ def test_system_unit_is_notify_with_watchdog_state_dir_and_hardening():
     assert d["Type"] == ["notify"] and d["WatchdogSec"] and d["Restart"] == ["on-failure"]
     assert d["StateDirectory"] == ["imgindex"] and d["ReadWritePaths"] == ["/var/lib/imgindex"]
     assert d["User"] == ["imgindex"] and d["ExecReload"]
-    for key, value in [("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"),
-                       ("ProtectHome", "read-only"), ("PrivateTmp", "yes"),
-                       ("SystemCallFilter", "@system-service"), ("IOSchedulingClass", "idle")]:
+    for key, value in [
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "read-only"),
+        ("PrivateTmp", "yes"),
+        ("SystemCallFilter", "@system-service"),
+        ("IOSchedulingClass", "idle"),
+    ]:
         assert d[key] == [value], key
     assert "Nice" in d
     text = (UNITS / "imgindex.service").read_text()
@@ -55,6 +60,7 @@ def test_systemd_analyze_verify_accepts_the_units(tmp_path, unit):
     copy.write_text(text)
     user = ["--user"] if unit.startswith("user/") else []
     env = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path)}
-    result = subprocess.run(["systemd-analyze", *user, "verify", str(copy)],
-                            capture_output=True, text=True, env=env)
+    result = subprocess.run(
+        ["systemd-analyze", *user, "verify", str(copy)], capture_output=True, text=True, env=env
+    )
     assert result.returncode == 0, result.stderr
