@@ -45,10 +45,10 @@ def after_batch(
     last = int(store.get_meta(conn, "cluster_consolidated_at", "0") or 0)
     if state is None:
         if n >= FIRST_FIT:
-            consolidate(conn, k_setting, dim)
+            consolidate(conn, k_setting, dim, rechoose=False)
         return
     if n >= GROWTH_RATIO * max(last, 1):
-        consolidate(conn, k_setting, dim)
+        consolidate(conn, k_setting, dim, rechoose=False)
         return
     cs = cluster.ClusterState(
         state["ids"], state["centers"], state["weights"], state["n_steps"], state["since_reassign"]
@@ -80,15 +80,22 @@ def _target_k(conn: Connection, k_setting: str, n: int) -> int:
     if k_setting != "auto":
         return min(int(k_setting), n)
     chosen = get_meta_json(conn, "cluster_auto_k", {})
-    return min(int(chosen.get("k", 0)), n) if chosen else -1
+    if not chosen or n >= 2 * chosen.get("at", 0):
+        return -1  # (re)choose by silhouette now
+    return min(int(chosen["k"]), n)
 
 
-def _choose_k(conn: Connection, k_setting: str, dim: int, n: int) -> int:
+def _choose_k(conn: Connection, k_setting: str, dim: int, n: int, rechoose: bool) -> int:
+    """k for a consolidation. ``auto`` re-runs the silhouette search when the library has
+    doubled since the last choice, but only when ``rechoose`` (at a drain): mid-run it keeps
+    the last choice, or a provisional sqrt(n/2), so a big first run is not slowed by it."""
     if k_setting != "auto":
         return min(int(k_setting), n)
     chosen = get_meta_json(conn, "cluster_auto_k", {})
-    if chosen and n < 2 * chosen.get("at", 0) and chosen.get("k", 0) <= n:
+    if chosen and chosen.get("k", 0) <= n and (not rechoose or n < 2 * chosen.get("at", 0)):
         return int(chosen["k"])
+    if not rechoose:
+        return max(1, min(n, round((n / 2) ** 0.5), cluster.AUTO_K_CANDIDATES[-1]))
     sample = _sample(conn, dim, n, SAMPLE_K)
     k, scores = cluster.choose_k(sample, seed=SEED)
     set_meta_json(conn, "cluster_auto_k", {"k": k, "at": n, "silhouette": scores})
@@ -106,7 +113,7 @@ def _sample(conn: Connection, dim: int, n: int, size: int) -> np.ndarray:
     return store.vectors_for(conn, pick.tolist(), dim)[1]
 
 
-def consolidate(conn: Connection, k_setting: str, dim: int) -> None:
+def consolidate(conn: Connection, k_setting: str, dim: int, rechoose: bool = True) -> None:
     """Full k-means++ over (a sample of) the library; ids follow their images."""
     n = _count(conn)
     if n == 0:
@@ -121,7 +128,7 @@ def consolidate(conn: Connection, k_setting: str, dim: int) -> None:
         )
         conn.execute(update(images).values(cluster_id=None))
         return
-    k = max(1, _choose_k(conn, k_setting, dim, n))
+    k = max(1, _choose_k(conn, k_setting, dim, n, rechoose))
     centers = cluster.fit_full(_sample(conn, dim, n, SAMPLE_FIT), k, seed=SEED)
     all_ids, positions, old = [], [], []
     for ids, vecs, cids in store.iter_vectors(conn, dim):

@@ -285,3 +285,25 @@ def test_network_mounts_are_polled():
         False,
     ]
     assert os.path.exists("/proc/self/mountinfo") is False or mount_type(Path("/"))
+
+
+def test_too_few_inotify_watches_falls_back_to_polling_and_says_how_to_fix(
+        tmp_path, monkeypatch, caplog):
+    import logging
+
+    from imgindex import watch
+
+    limit = tmp_path / "max_user_watches"
+    limit.write_text("4\n")
+    monkeypatch.setattr(watch, "WATCH_LIMIT_FILE", limit)
+    root = tmp_path / "tree"
+    for i in range(6):
+        (root / f"album{i}").mkdir(parents=True)
+    watcher = watch.Watcher(watch.EventSink())
+    try:
+        with caplog.at_level(logging.WARNING, logger="imgindex.watch"):
+            watcher.sync([root], {root: True})
+        assert watcher.modes[root].startswith("polling")
+        assert "sudo sysctl fs.inotify.max_user_watches=16" in caplog.text
+    finally:
+        watcher.stop()
