@@ -156,17 +156,29 @@ def test_deleted_files_disappear_everywhere(lib):
     faiss_matches_sqlite(data)
 
 
+def _rows(data: Path) -> int:
+    try:
+        with sqlite3.connect(data / "imgindex.db", timeout=5) as conn:
+            return conn.execute("SELECT count(*) FROM images").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
 def test_kill_9_during_ingestion_then_restart_indexes_everything_once(lib):
     photos, data = lib
     rng = np.random.default_rng(3)
-    total = 4
+    total, partial = 4, []
     for round_ in range(3):
         d = DaemonProcess(data, "--batch-size", "4", "--workers", "1")
         d.wait_ready()
+        wait_for(lambda total=total: _rows(data) >= total, 30)  # the start-up scan caught up
         make_photos(photos / f"batch{round_}", ("red", "blue", "green")[round_], 40)
-        total += 40
-        time.sleep(rng.uniform(0.3, 1.5))
+        target = total + int(rng.integers(1, 36))  # a random moment of this round's ingestion
+        wait_for(lambda t=target, d=d: _rows(data) >= t or d.proc.poll() is not None, 30)
         d.kill()
+        partial.append(_rows(data) - total)
+        total += 40
+    assert any(0 < n < 40 for n in partial), partial  # the kills landed mid-ingestion
     with DaemonProcess(data):
         wait_for(lambda: settled(data, total), 60)
     s = status(data)
