@@ -122,9 +122,12 @@ def test_moved_folder_is_followed_without_embedding(lib):
         (photos / "seed" / "green_000.jpg").rename(photos / "seed" / "GREEN_000.jpg")
         wanted = str((photos / "2024" / "Trip" / "red_007.jpg").resolve())
 
+        renamed = str((photos / "seed" / "GREEN_000.jpg").resolve())
+
         def moved() -> bool:
             found = cli_json(data, "similar", photos / "2024" / "Trip" / "red_001.jpg", "-k", "40")
-            return wanted in {m["path"] for m in found} and settled(data, 34)
+            paths = {m["path"] for m in found}
+            return wanted in paths and renamed in paths and settled(data, 34)
 
         wait_for(moved, 20, lambda: d.log_text())
         assert status(data)["embedded_total"] == before
