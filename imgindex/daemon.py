@@ -199,7 +199,7 @@ class Daemon:
             elif self._ignored(ev.path):
                 continue
             elif ev.kind in ("created", "modified") and not ev.is_dir:
-                due[ev.path] = now + self._quiet_for(ev.path, now)
+                due[ev.path] = now + self._quiet_for(ev.kind, ev.path, now)
             elif ev.kind == "deleted":  # a little later, so a move's other half arrives first
                 due[ev.path] = now + self.settings.debounce + MOVE_GRACE_S
             else:  # closed after writing, a folder created: after a short quiet
@@ -213,15 +213,20 @@ class Daemon:
                     stmt.on_conflict_do_update(index_elements=["path"], set_={"due_at": at})
                 )
 
-    def _quiet_for(self, path: str, now: float) -> float:
-        """How long to wait before reading a file that was created or written to."""
-        if self.watcher.modes.get(self._root(path), "").startswith("polling"):
+    def _quiet_for(self, kind: str, path: str, now: float) -> float:
+        """How long to wait before reading a file that was created or written to.
+
+        A writer's IN_CREATE is followed by IN_MODIFY events and IN_CLOSE_WRITE; a file moved
+        or linked in (watchdog reports a moved-in folder's files as created) sees none. So a
+        creation waits only the short quiet period, a write waits for the close (up to
+        ``write_timeout``), and the close brings it back to the short quiet period."""
+        if kind == "created" or self.watcher.modes.get(self._root(path), "").startswith("polling"):
             return self.settings.debounce  # no close events when polling
         try:
             age = now - os.stat(path).st_mtime
         except OSError:
             return self.settings.debounce  # gone already
-        if age > SETTLED_AGE_S:  # moved in from elsewhere, not being written
+        if age > SETTLED_AGE_S:  # an old mtime: metadata changed, not being written
             return self.settings.debounce
         return self.settings.write_timeout  # being written: wait for the close
 
@@ -231,17 +236,43 @@ class Daemon:
             due = conn.execute(select(queue.c.due_at).where(queue.c.path == path)).scalar()
         return due is not None and due > time.time()
 
+    def _hold_back_deletions(self, rows: list[Any], now: float) -> list[Any]:
+        """Paths that vanished wait while other paths are still settling (up to
+        ``write_timeout``): when those are the other half of a move, reading them first lets
+        the content hash carry the rows over instead of deleting and re-embedding them."""
+        gone = [
+            r
+            for r in rows
+            if not os.path.lexists(r.path) and now - r.enqueued_at < self.settings.write_timeout
+        ]
+        if not gone:
+            return rows
+        with self.lib.engine.connect() as conn:
+            settling = conn.execute(
+                select(func.min(queue.c.due_at)).where(queue.c.due_at > now)
+            ).scalar()
+        if settling is None:
+            return rows
+        with self.lib.engine.begin() as conn:
+            for r in gone:
+                conn.execute(
+                    queue.update().where(queue.c.path == r.path).values(due_at=settling + 0.05)
+                )
+        held = {r.path for r in gone}
+        return [r for r in rows if r.path not in held]
+
     def _process_due(self) -> bool:
         """Embed one batch of due paths; True when a full batch was taken."""
         limit = self.settings.batch_size
         now = time.time()
         with self.lib.engine.connect() as conn:
             rows = conn.execute(
-                select(queue.c.path, queue.c.due_at)
+                select(queue.c.path, queue.c.due_at, queue.c.enqueued_at)
                 .where(queue.c.due_at <= now)
                 .order_by(queue.c.due_at)
                 .limit(limit)
             ).all()
+        rows = self._hold_back_deletions(rows, now)
         if not rows:
             return False
         oldest = rows[0].due_at

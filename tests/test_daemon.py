@@ -322,3 +322,16 @@ def test_too_few_inotify_watches_falls_back_to_polling_and_says_how_to_fix(
         assert "sudo sysctl fs.inotify.max_user_watches=16" in caplog.text
     finally:
         watcher.stop()
+
+
+def test_a_folder_moved_in_from_outside_is_indexed_without_waiting_for_a_close(lib, tmp_path):
+    """Files moved in get no close event; they must not wait for the writer timeout."""
+    photos, data = lib
+    outside = tmp_path / "camera-import"
+    make_photos(outside, "red", 5)  # written just now: fresh mtimes
+    with DaemonProcess(data, "--rescan-interval", "3600") as d:
+        wait_for(lambda: settled(data, 4), 30)
+        shutil.move(outside, photos / "import")
+        started = time.monotonic()
+        wait_for(lambda: settled(data, 9), 10, lambda: d.log_text())
+        assert time.monotonic() - started < 10  # the writer timeout is 30 s
