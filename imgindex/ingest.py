@@ -472,8 +472,9 @@ class Ingestor:
 
     def drain(self) -> None:
         """Work is done for now: refresh clusters and save the index."""
+        vectors = self.lib.vectors.all_vectors()  # in step with SQLite: we are the writer
         with self.lib.engine.begin() as conn:
-            organize.after_drain(conn, self.lib.k_setting, self.lib.dim)
+            organize.after_drain(conn, self.lib.k_setting, self.lib.dim, vectors)
         self.lib.save_index()
         self._saved_at = time.monotonic()
 

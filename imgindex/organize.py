@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import numpy as np
 from sqlalchemy import Connection, func, select, update
@@ -60,9 +61,16 @@ def after_batch(
     save_state(conn, cs.ids, cs.centers, cs.weights, sizes, cs.n_steps, cs.since_reassign)
 
 
-def after_drain(conn: Connection, k_setting: str, dim: int) -> None:
-    """Bring every assignment in line with current centres, consolidating when due."""
+def after_drain(
+    conn: Connection, k_setting: str, dim: int, vectors: tuple[np.ndarray, np.ndarray] | None = None
+) -> None:
+    """Bring every assignment in line with current centres, consolidating when due.
+
+    ``vectors``: ``(ids, matrix)`` of every indexed vector when the caller holds them in
+    memory (the writer's FAISS index), which spares reading every BLOB back from SQLite."""
     n = _count(conn)
+    if vectors is not None and len(vectors[0]) != n:
+        vectors = None  # not in step with the database: read SQLite
     state = load_state(conn)
     last = int(store.get_meta(conn, "cluster_consolidated_at", "0") or 0)
     if (
@@ -70,9 +78,9 @@ def after_drain(conn: Connection, k_setting: str, dim: int) -> None:
         or _target_k(conn, k_setting, n) != len(state["ids"])
         or abs(n - last) > REFRESH_RATIO * max(last, 1)
     ):
-        consolidate(conn, k_setting, dim)
+        consolidate(conn, k_setting, dim, vectors=vectors)
     else:
-        _reassign_all(conn, state, dim)
+        _reassign_all(conn, state, dim, vectors)
 
 
 def _target_k(conn: Connection, k_setting: str, n: int) -> int:
@@ -103,17 +111,48 @@ def _choose_k(conn: Connection, k_setting: str, dim: int, n: int, rechoose: bool
     return k
 
 
-def _sample(conn: Connection, dim: int, n: int, size: int) -> np.ndarray:
+def _sample(
+    conn: Connection,
+    dim: int,
+    n: int,
+    size: int,
+    vectors: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    rng = np.random.default_rng(SEED + n)
+    if vectors is not None:
+        x = vectors[1]
+        return np.array(x if len(x) <= size else x[np.sort(rng.choice(len(x), size, False))])
     if n <= size:
         return np.concatenate(
             [v for _, v, _ in store.iter_vectors(conn, dim)] or [np.empty((0, dim), np.float32)]
         )
-    ids = store.indexed_ids(conn)
-    pick = np.random.default_rng(SEED + n).choice(ids, size=size, replace=False)
+    pick = rng.choice(store.indexed_ids(conn), size=size, replace=False)
     return store.vectors_for(conn, pick.tolist(), dim)[1]
 
 
-def consolidate(conn: Connection, k_setting: str, dim: int, rechoose: bool = True) -> None:
+def _chunks(
+    conn: Connection, dim: int, vectors: tuple[np.ndarray, np.ndarray] | None, size: int = 50_000
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Every indexed ``(ids, vectors, cluster ids)``, from memory when given, else SQLite."""
+    if vectors is None:
+        yield from store.iter_vectors(conn, dim)
+        return
+    ids, x = vectors
+    q = select(images.c.id, images.c.cluster_id).where(images.c.status == STATUS_INDEXED)
+    current = {i: (-1 if c is None else c) for i, c in conn.execute(q)}
+    for start in range(0, len(ids), size):
+        part = ids[start : start + size]
+        cids = np.fromiter((current.get(int(i), -1) for i in part), np.int64, len(part))
+        yield part, x[start : start + size], cids
+
+
+def consolidate(
+    conn: Connection,
+    k_setting: str,
+    dim: int,
+    rechoose: bool = True,
+    vectors: tuple[np.ndarray, np.ndarray] | None = None,
+) -> None:
     """Full k-means++ over (a sample of) the library; ids follow their images."""
     n = _count(conn)
     if n == 0:
@@ -129,9 +168,9 @@ def consolidate(conn: Connection, k_setting: str, dim: int, rechoose: bool = Tru
         conn.execute(update(images).values(cluster_id=None))
         return
     k = max(1, _choose_k(conn, k_setting, dim, n, rechoose))
-    centers = cluster.fit_full(_sample(conn, dim, n, SAMPLE_FIT), k, seed=SEED)
+    centers = cluster.fit_full(_sample(conn, dim, n, SAMPLE_FIT, vectors), k, seed=SEED)
     all_ids, positions, old = [], [], []
-    for ids, vecs, cids in store.iter_vectors(conn, dim):
+    for ids, vecs, cids in _chunks(conn, dim, vectors):
         all_ids.append(ids)
         positions.append(cluster.assign(centers, vecs))
         old.append(cids)
@@ -160,10 +199,12 @@ def _stable_ids(conn: Connection, pos: np.ndarray, old_ids: np.ndarray, k: int) 
     return new_ids
 
 
-def _reassign_all(conn: Connection, state: dict, dim: int) -> None:
+def _reassign_all(
+    conn: Connection, state: dict, dim: int, vectors: tuple[np.ndarray, np.ndarray] | None = None
+) -> None:
     centers, cids = state["centers"], state["ids"]
     sizes = np.zeros(len(cids), dtype=np.int64)
-    for ids, vecs, _ in store.iter_vectors(conn, dim):
+    for ids, vecs, _ in _chunks(conn, dim, vectors):
         labels = cluster.assign(centers, vecs)
         store.set_clusters(conn, ids, cids[labels])
         sizes += np.bincount(labels, minlength=len(cids))

@@ -37,6 +37,19 @@ class VectorIndex:
     def ids(self) -> np.ndarray:
         return faiss.vector_to_array(self.index.id_map).astype(np.int64)
 
+    def all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, vectors)`` of everything in the index; the matrix is a read-only view
+        into FAISS's own storage (no copy), valid until the index changes."""
+        ids = self.ids()
+        flat = faiss.downcast_index(self.index.index)
+        if isinstance(flat, faiss.IndexFlat) and len(ids):
+            x = faiss.rev_swig_ptr(flat.get_xb(), len(ids) * self.dim).reshape(len(ids), self.dim)
+            x.flags.writeable = False
+            return ids, x
+        return ids, np.empty((0, self.dim), np.float32) if not len(
+            ids
+        ) else self.index.reconstruct_batch(ids)
+
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids):
             vecs = np.ascontiguousarray(vectors, dtype=np.float32)
