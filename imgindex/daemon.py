@@ -248,9 +248,14 @@ class Daemon:
         if not gone:
             return rows
         with self.lib.engine.connect() as conn:
-            settling = conn.execute(
-                select(func.min(queue.c.due_at)).where(queue.c.due_at > now)
-            ).scalar()
+            later = conn.execute(
+                select(queue.c.path, queue.c.due_at)
+                .where(queue.c.due_at > now)
+                .order_by(queue.c.due_at)
+                .limit(1000)
+            ).all()
+        # only paths that exist can be the other half of a move (other deletions cannot)
+        settling = next((r.due_at for r in later if os.path.lexists(r.path)), None)
         if settling is None:
             return rows
         with self.lib.engine.begin() as conn:
