@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -38,3 +39,12 @@ def run_process(
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+def row_count(data: Path) -> int:
+    """Rows in the library's images table, read the way another process would (0 if busy)."""
+    try:
+        with sqlite3.connect(data / "imgindex.db", timeout=5) as conn:
+            return conn.execute("SELECT count(*) FROM images").fetchone()[0]
+    except sqlite3.Error:
+        return 0

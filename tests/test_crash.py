@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cli, cli_json
+from helpers import cli, cli_json, row_count
 from imaging import make_photos
 
 from imgindex.vindex import VectorIndex
@@ -89,14 +89,6 @@ def test_kill_at_a_chosen_point_then_rerun(tree, point, after):
     assert_consistent(data, photos, decodable)
 
 
-def _rows(data: Path) -> int:
-    try:
-        with sqlite3.connect(data / "imgindex.db", timeout=5) as conn:
-            return conn.execute("SELECT count(*) FROM images").fetchone()[0]
-    except sqlite3.Error:
-        return 0
-
-
 def test_kill_at_random_moments_of_ingestion_then_rerun(tree):
     """Each kill lands once a random number of files are in SQLite, mid-run."""
     photos, data, decodable = tree
@@ -120,11 +112,11 @@ def test_kill_at_random_moments_of_ingestion_then_rerun(tree):
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 60
-        while _rows(data) < target and proc.poll() is None and time.monotonic() < deadline:
+        while row_count(data) < target and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
-        partial.append(_rows(data))
+        partial.append(row_count(data))
         if (photos / "green").exists():  # the library must follow a move between runs
             (photos / "green").rename(photos / "green2")
     assert any(0 < n < decodable for n in partial), partial  # the kills did land mid-run

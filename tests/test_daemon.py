@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from daemon_helpers import DaemonProcess, settled, status, wait_for
-from helpers import cli, cli_json, run_process
+from helpers import cli, cli_json, row_count, run_process
 from imaging import draw, make_photos
 
 from imgindex.vindex import VectorIndex
@@ -160,14 +160,6 @@ def test_deleted_files_disappear_everywhere(lib):
     faiss_matches_sqlite(data)
 
 
-def _rows(data: Path) -> int:
-    try:
-        with sqlite3.connect(data / "imgindex.db", timeout=5) as conn:
-            return conn.execute("SELECT count(*) FROM images").fetchone()[0]
-    except sqlite3.Error:
-        return 0
-
-
 def test_kill_9_during_ingestion_then_restart_indexes_everything_once(lib):
     photos, data = lib
     rng = np.random.default_rng(3)
@@ -175,12 +167,12 @@ def test_kill_9_during_ingestion_then_restart_indexes_everything_once(lib):
     for round_ in range(3):
         d = DaemonProcess(data, "--batch-size", "4", "--workers", "1")
         d.wait_ready()
-        wait_for(lambda total=total: _rows(data) >= total, 30)  # the start-up scan caught up
+        wait_for(lambda total=total: row_count(data) >= total, 30)  # the start-up scan caught up
         make_photos(photos / f"batch{round_}", ("red", "blue", "green")[round_], 40)
         target = total + int(rng.integers(1, 36))  # a random moment of this round's ingestion
-        wait_for(lambda t=target, d=d: _rows(data) >= t or d.proc.poll() is not None, 30)
+        wait_for(lambda t=target, d=d: row_count(data) >= t or d.proc.poll() is not None, 30)
         d.kill()
-        partial.append(_rows(data) - total)
+        partial.append(row_count(data) - total)
         total += 40
     assert any(0 < n < 40 for n in partial), partial  # the kills landed mid-ingestion
     with DaemonProcess(data):
@@ -300,7 +292,7 @@ def test_network_mounts_are_polled():
         False,
         False,
     ]
-    assert os.path.exists("/proc/self/mountinfo") is False or mount_type(Path("/"))
+    assert mount_type(Path("/")) != ""  # the real table (or "unknown" without /proc)
 
 
 def test_too_few_inotify_watches_falls_back_to_polling_and_says_how_to_fix(
