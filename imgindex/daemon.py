@@ -37,7 +37,7 @@ TICK_S = 0.5  # longest sleep: how fast flags (SIGTERM) are noticed
 HOUSEKEEPING_S = 5.0  # roots re-checked, heartbeat and STATUS= written this often
 DRAIN_EVERY_S = 2.0  # clusters refreshed and index saved at most this often
 MOVE_GRACE_S = 1.0  # deletions wait this much longer than creations (moves come in halves)
-SETTLED_AGE_S = 2.0  # a created file older than this was moved in, not being written
+SETTLED_AGE_S = 2.0  # a modified file with an older mtime is not being written (metadata only)
 
 
 class Daemon:
