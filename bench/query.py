@@ -1,16 +1,24 @@
-"""Queries at scale: cold `imgindex similar` and in-process search latency, by library size.
+"""Queries at scale: cold `imgindex similar`, in-process latency and recall, by library size.
 
-    python bench/query.py [--sizes 10000 100000] [--dim 1280]
+    python bench/query.py [--sizes 10000 100000 1000000] [--dim 1280] [--keep DIR]
 
-Builds synthetic libraries through the core (rows with random clustered unit vectors in
-SQLite, then the FAISS cache built by opening the library), plus one real photo whose row is
-indexed, and reports: the wall time of `python -m imgindex similar PHOTO` as a fresh process
-(median of 5), and p50/p99 of in-process `Library.search` over 200 queries.
+Builds synthetic libraries through the core: rows with clustered unit vectors in SQLite (n/100
+centres, each member a centre plus Gaussian noise of the same norm, so neighbours share a centre
+but are not copies), plus one real photo whose row is indexed; then the writer opens the library,
+which builds and saves the FAISS index of the kind the size calls for. Reports, per size:
+
+- the index kind and its build time (training, adding, nprobe tuning);
+- wall time of `python -m imgindex similar PHOTO --json` as a fresh process (median of 5);
+- in-process `Library.search` p50/p99 over 200 stored vectors as queries (a reader process:
+  memory-mapped file, candidates re-scored from SQLite) and its recall@10 against exact search
+  over every stored vector;
+- peak RSS (VmHWM) of that reader and of a writer that loads the index into memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import subprocess
 import sys
@@ -25,34 +33,48 @@ from imgindex import store
 from imgindex.library import Library
 from imgindex.schema import images
 
+CHUNK = 20_000
 
-def build(root: Path, n: int, dim: int) -> tuple[Path, Path]:
+
+def synthetic(n: int, dim: int, seed: int) -> np.ndarray:
+    """``n`` unit vectors with structure at two scales, like image embeddings: 100 themes,
+    n/100 scenes around them, members around a scene (cosine ~0.65 within a scene, ~0.43
+    within a theme, ~0 across), generated chunk by chunk (same seed, same vectors)."""
+    rng = np.random.default_rng(seed)
+    themes = rng.normal(size=(100, dim)).astype(np.float32)
+    scenes = themes[rng.integers(0, 100, max(1, n // 100))]
+    scenes += 0.7 * rng.normal(size=scenes.shape).astype(np.float32)
+    for start in range(0, n, CHUNK):
+        m = min(CHUNK, n - start)
+        x = scenes[rng.integers(0, len(scenes), m)]
+        x = x + 0.9 * rng.normal(size=(m, dim)).astype(np.float32)
+        yield x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def build(root: Path, n: int, dim: int) -> tuple[Path, Path, float]:
     photo = root / "photos" / "query.jpg"
     photo.parent.mkdir(parents=True)
     Image.new("RGB", (64, 64), (120, 30, 200)).save(photo)
     data = root / "data"
     Library.create(data, [photo.parent], model="efficientnet_lite0").close()
-    rng = np.random.default_rng(n)
-    centres = rng.normal(size=(100, dim)).astype(np.float32)
     with Library.open(data, write=True) as lib, lib.engine.begin() as conn:
         now = time.time()
-        for start in range(0, n, 20_000):
-            m = min(20_000, n - start)
-            x = centres[rng.integers(0, 100, m)] + rng.normal(size=(m, dim)).astype(np.float32)
-            x /= np.linalg.norm(x, axis=1, keepdims=True)
+        first = None
+        for start, x in zip(range(0, n, CHUNK), synthetic(n, dim, n), strict=True):
+            first = x[0] if first is None else first
             conn.execute(images.insert(), [
                 {"path": f"/synthetic/{start + i}.jpg", "root_id": 1, "size": 1, "mtime_ns": 1,
                  "status": "indexed", "model": lib.model, "vector": x[i].tobytes(),
-                 "updated_at": now} for i in range(m)])
+                 "updated_at": now} for i in range(len(x))])
         st = photo.stat()
         conn.execute(images.insert().values(
             path=str(photo), root_id=1, size=st.st_size, mtime_ns=st.st_mtime_ns,
             status="indexed", model=lib.model, updated_at=now,
-            vector=store.vector_to_blob(centres[0] / np.linalg.norm(centres[0]))))
-        store.bump_index_version(conn)
+            vector=store.vector_to_blob(first)))
+    start = time.perf_counter()
     with Library.open(data, write=True) as lib:
         lib.vectors  # noqa: B018 - builds and saves the FAISS file
-    return data, photo
+    return data, photo, time.perf_counter() - start
 
 
 def cold_cli(data: Path, photo: Path) -> float:
@@ -65,32 +87,96 @@ def cold_cli(data: Path, photo: Path) -> float:
     return statistics.median(times)
 
 
-def in_process(data: Path, dim: int) -> tuple[float, float]:
+READER = r"""
+import json, sys, time
+import numpy as np
+from imgindex import store
+from imgindex.library import Library
+data, dim = sys.argv[1], int(sys.argv[2])
+queries = np.load(sys.argv[3])
+with Library.open(__import__("pathlib").Path(data)) as lib:
+    kind = lib.vectors.kind
+    lat, found = [], []
+    for q in queries:
+        t = time.perf_counter()
+        found.append([m.path for m in lib.search(q, 11)])
+        lat.append((time.perf_counter() - t) * 1000)
+rss = [int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
+print(json.dumps({"kind": kind, "lat": lat, "found": found, "rss": rss}))
+"""
+
+
+def in_process(data: Path, dim: int, n: int) -> dict:
+    """Latency, recall@10 and RSS of a reader process; exact answers computed here."""
     rng = np.random.default_rng(1)
-    with Library.open(data) as lib:
-        vi = lib.vectors
-        lat = []
-        for _ in range(200):
-            q = rng.normal(size=dim).astype(np.float32)
-            start = time.perf_counter()
-            vi.search(q / np.linalg.norm(q), 10)
-            lat.append((time.perf_counter() - start) * 1000)
-    return float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
+    with Library.open(data) as lib, lib.engine.connect() as conn:
+        pick = np.sort(rng.choice(store.indexed_ids(conn), 200, replace=False))
+        ids, queries = store.vectors_for(conn, pick.tolist(), dim)
+        best = np.full((len(queries), 11), -np.inf, np.float32)
+        best_ids = np.full((len(queries), 11), -1, np.int64)
+        for chunk_ids, x, _ in store.iter_vectors(conn, dim):
+            s = queries @ x.T
+            top = np.argsort(-s, axis=1)[:, :11]
+            s2 = np.concatenate([best, np.take_along_axis(s, top, 1)], 1)
+            i2 = np.concatenate([best_ids, chunk_ids[top]], 1)
+            order = np.argsort(-s2, axis=1)[:, :11]
+            best, best_ids = np.take_along_axis(s2, order, 1), np.take_along_axis(i2, order, 1)
+        paths = dict(conn.execute(images.select().with_only_columns(images.c.id, images.c.path)
+                                  .where(images.c.id.in_(np.unique(best_ids).tolist()))).all())
+    qfile = data / "queries.npy"
+    np.save(qfile, queries)
+    out = subprocess.run([sys.executable, "-c", READER, str(data), str(dim), str(qfile)],
+                         check=True, capture_output=True, text=True).stdout
+    import json
+
+    res = json.loads(out)
+    recall = []
+    for row, got in enumerate(res["found"]):
+        own = ids[row]
+        truth = {paths[int(i)] for i in best_ids[row] if i != own}
+        got = [p for p in got if p != paths.get(int(own))][:10]
+        recall.append(len(truth & set(got)) / 10)
+    return {"kind": res["kind"], "p50": float(np.percentile(res["lat"], 50)),
+            "p99": float(np.percentile(res["lat"], 99)), "recall": float(np.mean(recall)),
+            "reader_rss": res["rss"]}
+
+
+WRITER = r"""
+import sys
+from pathlib import Path
+from imgindex.library import Library
+with Library.open(Path(sys.argv[1]), write=True) as lib:
+    lib.vectors
+    print([int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmHWM")][0])
+"""
+
+
+def writer_rss(data: Path) -> float:
+    out = subprocess.run([sys.executable, "-c", WRITER, str(data)], check=True,
+                         capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--dim", type=int, default=1280)
+    ap.add_argument("--keep", type=Path, help="build libraries here and keep them")
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="imgindex-query-"))
-    print("| vectors | index | cold `imgindex similar` s | search p50 ms | search p99 ms |")
-    print("|---|---|---|---|---|")
+    tmp = args.keep or Path(tempfile.mkdtemp(prefix="imgindex-query-"))
+    print("| vectors | index | build s | cold `imgindex similar` s | search p50 ms | p99 ms "
+          "| recall@10 | reader RSS MB | writer RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for n in args.sizes:
-        data, photo = build(tmp / str(n), n, args.dim)
+        data, photo, built = build(tmp / str(n), n, args.dim)
         cold = cold_cli(data, photo)
-        p50, p99 = in_process(data, args.dim)
-        print(f"| {n:,} | flat | {cold:.2f} | {p50:.1f} | {p99:.1f} |", flush=True)
+        r = in_process(data, args.dim, n)
+        w = writer_rss(data)
+        print(f"| {n:,} | {r['kind']} | {built:.1f} | {cold:.2f} | {r['p50']:.1f} | "
+              f"{r['p99']:.1f} | {r['recall']:.3f} | {r['reader_rss']:.0f} | {w:.0f} |",
+              flush=True)
+    print(f"(this process peaked at {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}"
+          " MB)", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,9 @@
 Files flow through a pool of decode workers (read, check the file is stable, hash, and either
 find the same content already indexed or decode it at the model's input size) into batches that
 the model embeds while the workers decode the next ones. Each batch is written to SQLite in one
-transaction together with its cluster update and the ``index_version`` bump; the in-memory FAISS
-index follows after the commit and is saved at checkpoints and at the end, so a crash at any
-moment only leaves a FAISS file that the next open catches up.
+transaction together with its cluster update (SQLite triggers log the vector changes); the
+in-memory FAISS index replays that log after the commit and is saved at checkpoints and at the
+end, so a crash at any moment only leaves a FAISS file that the next open catches up.
 """
 
 from __future__ import annotations
@@ -264,7 +264,7 @@ class Ingestor:
     def _flush(self, batch: list[Prepared]) -> None:
         if not batch:
             return
-        vi = self.lib.vectors  # caught up *before* this batch commits, so it is added once
+        self.lib.vectors  # noqa: B018 - caught up *before* this batch commits
         to_embed = [p for p in batch if p.kind == "decoded"]
         vectors = dict(zip((id(p) for p in to_embed), self._embed(to_embed), strict=True))
         added: list[tuple[int, np.ndarray]] = []
@@ -275,16 +275,12 @@ class Ingestor:
                 self._apply(conn, p, vectors.get(id(p)), added, removed)
             gone = set(removed)  # a row added and replaced within this batch is not added
             added = [(i, v) for i, v in added if i not in gone]
-            new_ids = np.array([i for i, _ in added], dtype=np.int64)
-            new_vecs = np.stack([v for _, v in added]) if added else None
-            if added or removed:
-                version = store.bump_index_version(conn)
+            if added:
+                new_ids = np.array([i for i, _ in added], dtype=np.int64)
+                new_vecs = np.stack([v for _, v in added])
                 organize.after_batch(conn, self.lib.k_setting, self.lib.dim, new_ids, new_vecs)
             store.add_to_counter(conn, "embedded_total", len(to_embed))
-        if added or removed:
-            vi.remove(np.array(removed, dtype=np.int64))
-            vi.add(new_ids, new_vecs)
-            vi.version = version
+        self.lib.sync_index()
         self.report.embedded += len(to_embed)
         if self.progress:
             self.progress(len(batch))
@@ -439,13 +435,10 @@ class Ingestor:
         owner = root_of(dest, roots)
         if owner is None:
             return 0
-        vi = self.lib.vectors
+        self.lib.vectors  # noqa: B018 - caught up before this change commits
         with self.lib.engine.begin() as conn:
-            moved, dropped = store.move_paths(conn, src, dest, owner[0])
-            version = int(store.get_meta(conn, "index_version", "0") or 0)
-        if dropped:
-            vi.remove(np.array(dropped, dtype=np.int64))
-            vi.version = version
+            moved, _dropped = store.move_paths(conn, src, dest, owner[0])
+        self.lib.sync_index()
         self.report.moved += moved
         return moved
 
@@ -454,29 +447,27 @@ class Ingestor:
     def remove_missing(self, paths: Iterable[str]) -> int:
         """Delete the rows of files that are no longer on disk (moved rows were updated)."""
         gone = []
-        vi = self.lib.vectors
+        self.lib.vectors  # noqa: B018 - caught up before this change commits
         with self.lib.engine.begin() as conn:
             for path in paths:
                 row = store.find_by_path(conn, path)
                 if row is not None and not os.path.exists(path):
-                    gone.append((row.id, row.status))
-            store.delete_images(conn, [i for i, _ in gone])
-            dropped = np.array([i for i, s in gone if s == STATUS_INDEXED], dtype=np.int64)
-            if len(dropped):
-                version = store.bump_index_version(conn)
-        if len(dropped):
-            vi.remove(dropped)
-            vi.version = version
+                    gone.append(row.id)
+            store.delete_images(conn, gone)
+        self.lib.sync_index()
         self.report.removed += len(gone)
         return len(gone)
 
-    def drain(self) -> None:
-        """Work is done for now: refresh clusters and save the index."""
+    def drain(self, final: bool = True) -> None:
+        """Work is done for now: refresh clusters, rebuild the index if the library outgrew its
+        kind, and save it (when ``final``, or when the last save is older than a checkpoint)."""
+        self.lib.maybe_rebuild()
         vectors = self.lib.vectors.all_vectors()  # in step with SQLite: we are the writer
         with self.lib.engine.begin() as conn:
             organize.after_drain(conn, self.lib.k_setting, self.lib.dim, vectors)
-        self.lib.save_index()
-        self._saved_at = time.monotonic()
+        if final or time.monotonic() - self._saved_at > CHECKPOINT_S:
+            self.lib.save_index()
+            self._saved_at = time.monotonic()
 
 
 IMAGE_MAGIC = (

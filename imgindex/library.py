@@ -30,7 +30,7 @@ from imgindex.schema import (
     meta,
     queue,
 )
-from imgindex.vindex import VectorIndex
+from imgindex.vindex import FLAT_MAX, VectorIndex, build_ivf, index_files, nlist_for
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +107,9 @@ class Library:
                 lock.release()
             raise
         if write:
-            for stale in paths.root.glob(f".{paths.index.name}.*.tmp"):
+            for stale in paths.root.glob(".vectors.*.tmp"):
                 stale.unlink(missing_ok=True)  # left by a crash during a save
+            (paths.root / "vectors.faiss").unlink(missing_ok=True)  # before revision 0004
         return lib
 
     def _configure(self, roots: list[Path], *, k: str | None, model: str | None) -> None:
@@ -176,9 +177,8 @@ class Library:
                 conn.execute(delete(meta).where(meta.c.key == key))
             store.set_meta(conn, "model", spec.name)
             store.set_meta(conn, "dim", spec.dim)
-            store.bump_index_version(conn)
         self.model, self.dim = spec.name, spec.dim
-        self._vindex = VectorIndex(self.dim)
+        self._vindex = None  # every vector left the log's set: the next use starts empty
 
     @property
     def writable(self) -> bool:
@@ -200,44 +200,101 @@ class Library:
 
     @property
     def vectors(self) -> VectorIndex:
-        """The FAISS index, caught up with SQLite (saved back when this process may write)."""
+        """The FAISS index, caught up with SQLite. The writer holds it in memory and changes
+        it; a reader memory-maps the newest file and overlays the changes made since."""
         if self._vindex is None:
             self._vindex = self._load_index()
         return self._vindex
 
     def _load_index(self) -> VectorIndex:
-        vi = VectorIndex.load(self.paths.index, self.dim) or VectorIndex(self.dim)
-        with self.engine.connect() as conn:
-            version = int(store.get_meta(conn, "index_version", "0") or 0)
-            if vi.version == version and vi.version >= 0:
-                return vi
-            vi = self._catch_up(vi, conn)
-        vi.version = version
-        if self.writable:
-            vi.save(self.paths.index)
-        return vi
+        for _attempt in range(3):
+            vi = VectorIndex.open_latest(self.paths.root, self.dim, mmap=not self.writable)
+            with self.engine.connect() as conn:
+                head, trimmed = store.log_position(conn)
+                if vi is None or vi.seq < trimmed or vi.seq > head:
+                    if vi is not None and vi.read_only and vi.seq < trimmed:
+                        continue  # the writer saved a newer file meanwhile: open that
+                    vi = self._rebuild(conn, head)
+                elif vi.seq < head:
+                    self._replay(conn, vi, head)
+            self.save_index(vi)  # the writer's file, when it was behind
+            return vi
+        raise ImgIndexError(f"{self.paths.root}: the index keeps changing under us; try again")
 
-    def _catch_up(self, vi: VectorIndex, conn: Any) -> VectorIndex:
-        """Make ``vi`` hold every indexed vector exactly once and nothing else."""
-        have = vi.ids()
-        want = store.indexed_ids(conn)
-        if len(np.unique(have)) != len(have):  # cannot happen by design; never trust it
-            vi, have = VectorIndex(self.dim), np.empty(0, dtype=np.int64)
-        extra = np.setdiff1d(have, want, assume_unique=True)
-        missing = np.setdiff1d(want, have, assume_unique=True)
-        if len(missing) > len(want) // 2:
-            vi = VectorIndex(self.dim)
-            for ids, vecs, _ in store.iter_vectors(conn, self.dim):
-                vi.add(ids, vecs)
+    def _replay(self, conn: Any, vi: VectorIndex, head: int) -> None:
+        """Apply the log rows after ``vi.seq`` (a reader: after its file's): drop every changed
+        id, add back the current vectors of those still indexed."""
+        changed = store.logged_since(conn, vi.base_seq if vi.read_only else vi.seq)
+        vi.apply(changed, *store.vectors_for(conn, changed.tolist(), self.dim), seq=head)
+        log.debug("caught the vector index up with %d changed images", len(changed))
+
+    def _rebuild(self, conn: Any, head: int) -> VectorIndex:
+        """A new index of every indexed vector, of the kind the library size calls for."""
+        n = store.count_indexed(conn)
+        chunks = ((ids, x) for ids, x, _ in store.iter_vectors(conn, self.dim))
+        if n < self.flat_max or not self.writable:
+            vi = VectorIndex(self.dim, seq=head)
+            for ids, x in chunks:
+                vi.add(ids, x)
         else:
-            vi.remove(extra)
-            vi.add(*store.vectors_for(conn, missing.tolist(), self.dim))
-        log.info("caught the vector index up: %d added, %d removed", len(missing), len(extra))
+            train = store.sample_vectors(conn, min(n, 40 * nlist_for(n)), self.dim, seed=n)
+            vi = VectorIndex(self.dim, build_ivf(self.dim, train, chunks, n), seq=head)
+        log.info("built the vector index (%s) from %d stored vectors", vi.kind, n)
         return vi
 
-    def save_index(self) -> None:
-        if self._vindex is not None and self.writable:
-            self._vindex.save(self.paths.index)
+    def sync_index(self) -> None:
+        """Replay into the writer's index what the last commit logged (a batch's rows)."""
+        if self._vindex is None:
+            return
+        with self.engine.connect() as conn:
+            head = store.log_position(conn)[0]
+            if head != self._vindex.seq:
+                self._replay(conn, self._vindex, head)
+
+    def maybe_rebuild(self) -> bool:
+        """Rebuild the writer's index when the library size calls for another kind: flat to
+        IVF past ``flat_max``, IVF with more lists as it grows 4x. Returns whether it did."""
+        vi = self.vectors
+        n, ivf = vi.size, vi.ivf
+        if ivf is None:
+            due = n >= self.flat_max
+        else:
+            due = n < self.flat_max // 2 or not (0.25 <= nlist_for(n) / ivf.nlist <= 2)
+        if not due or not self.writable:
+            return False
+        with self.engine.connect() as conn:
+            self._vindex = self._rebuild(conn, store.log_position(conn)[0])
+        self.save_index()
+        return True
+
+    @property
+    def flat_max(self) -> int:
+        with self.engine.connect() as conn:
+            return int(store.get_meta(conn, "index.flat_max", FLAT_MAX) or FLAT_MAX)
+
+    def refresh(self) -> None:
+        """Bring a long-lived reader up to date with the writer's changes (cheap when none)."""
+        if self._vindex is None or not self._vindex.read_only:
+            return
+        with self.engine.connect() as conn:
+            head, trimmed = store.log_position(conn)
+        newest = max((s for s, _ in index_files(self.paths.root)), default=-1)
+        if newest > self._vindex.base_seq or self._vindex.base_seq < trimmed:
+            self._vindex = None  # a newer file: map that one instead
+        elif head != self._vindex.seq:
+            with self.engine.connect() as conn:
+                self._replay(conn, self._vindex, head)
+
+    def save_index(self, vi: VectorIndex | None = None) -> None:
+        """Write the writer's index if it changed since its file, then trim the log."""
+        vi = vi or self._vindex
+        if vi is None or not self.writable or vi.read_only:
+            return
+        if vi.path is not None and vi.path.name == f"vectors.{vi.seq}.faiss" and vi.path.exists():
+            return
+        vi.save(self.paths.root)
+        with self.engine.begin() as conn:
+            store.trim_log(conn, vi.seq)
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -302,17 +359,19 @@ class Library:
         return row.id, store.blob_to_vector(row.vector)
 
     def search(self, vector: np.ndarray, k: int = 10, exclude: int | None = None) -> list[Match]:
-        """The ``k`` nearest indexed images to ``vector`` (cosine), best first."""
+        """The ``k`` nearest indexed images to ``vector`` (cosine), best first. Candidates of
+        an approximate (IVF) index are re-scored with their exact vectors from SQLite."""
         vi = self.vectors
-        if vi.size == 0:
-            return []
-        scores, ids = vi.search(vector, k + (exclude is not None))
-        pairs = [
-            (int(i), float(s))
-            for i, s in zip(ids[0], scores[0], strict=True)
-            if i >= 0 and i != exclude
-        ][:k]
+        want = k + (exclude is not None)
+        _scores, ids = vi.search(vector, vi.candidates(want))
+        found = [int(i) for i in ids[0] if i >= 0 and i != exclude]
+        q = select(images.c.id, images.c.path, images.c.cluster_id, images.c.vector)
         with self.engine.connect() as conn:
-            q = select(images.c.id, images.c.path, images.c.cluster_id)
-            info = {r.id: r for r in conn.execute(q.where(images.c.id.in_([i for i, _ in pairs])))}
-        return [Match(info[i].path, s, info[i].cluster_id) for i, s in pairs if i in info]
+            rows = conn.execute(
+                q.where(images.c.id.in_(found), images.c.status == STATUS_INDEXED)
+            ).all()
+        if not rows:
+            return []
+        exact = store.stack_blobs([r.vector for r in rows], self.dim) @ np.ravel(vector)
+        order = np.argsort(-exact, kind="stable")[:k]
+        return [Match(rows[i].path, float(exact[i]), rows[i].cluster_id) for i in order]

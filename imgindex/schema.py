@@ -17,7 +17,7 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
-#: Library-wide settings and counters as key/value text (model, dim, k, index_version, ...).
+#: Library-wide settings and counters as key/value text (model, dim, k, counters, ...).
 meta = Table(
     "meta",
     metadata,
@@ -81,6 +81,16 @@ queue = Table(
     Column("enqueued_at", Float, nullable=False),
 )
 Index("ix_queue_due_at", queue.c.due_at)
+
+#: Changes to the set of indexed vectors, appended by triggers on ``images`` (revision 0004);
+#: a FAISS file reflects the log up to some ``seq`` and is caught up from the rows after it.
+index_log = Table(
+    "index_log",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("image_id", Integer, nullable=False),
+    sqlite_autoincrement=True,
+)
 
 STATUS_INDEXED = "indexed"
 STATUS_FAILED = "failed"

@@ -1,7 +1,7 @@
 """SQLite, the table of record: engine setup, the write lock, settings and image rows.
 
 Every function takes an open SQLAlchemy ``Connection``; callers own the transaction, so one
-batch of images, its vectors and the ``index_version`` bump commit together or not at all.
+batch of images, its vectors and its cluster update commit together or not at all.
 """
 
 from __future__ import annotations
@@ -23,12 +23,13 @@ from sqlalchemy import (
     event,
     func,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from imgindex.errors import LibraryLocked
-from imgindex.schema import STATUS_INDEXED, images, meta, roots
+from imgindex.schema import STATUS_INDEXED, images, index_log, meta, roots
 
 BUSY_TIMEOUT_MS = 30_000
 
@@ -116,9 +117,28 @@ def add_to_counter(conn: Connection, key: str, amount: int) -> int:
     return value
 
 
-def bump_index_version(conn: Connection) -> int:
-    """Mark that the set of indexed vectors changed (the FAISS file is stale until saved)."""
-    return add_to_counter(conn, "index_version", 1)
+# --- the FAISS cache's changes log (rows written by triggers, see revision 0004) -------------
+
+
+def log_position(conn: Connection) -> tuple[int, int]:
+    """``(head, trimmed)``: the last ``index_log`` seq written, and the seq up to which rows
+    were deleted (a FAISS file older than that cannot be caught up from the log)."""
+    head = conn.execute(
+        text("SELECT seq FROM sqlite_sequence WHERE name = 'index_log'")
+    ).scalar()
+    return int(head or 0), int(get_meta(conn, "index_log_trimmed", "0") or 0)
+
+
+def logged_since(conn: Connection, seq: int) -> np.ndarray:
+    """Ids of images whose indexed vector appeared, changed or went after ``seq``."""
+    q = select(index_log.c.image_id).where(index_log.c.seq > seq).distinct()
+    return np.fromiter(conn.execute(q).scalars(), dtype=np.int64)
+
+
+def trim_log(conn: Connection, seq: int) -> None:
+    """Forget log rows up to ``seq`` (a FAISS file reflecting ``seq`` was saved)."""
+    conn.execute(delete(index_log).where(index_log.c.seq <= seq))
+    set_meta(conn, "index_log_trimmed", max(seq, log_position(conn)[1]))
 
 
 # --- roots ------------------------------------------------------------------------------------
@@ -186,6 +206,19 @@ def indexed_ids(conn: Connection) -> np.ndarray:
     return np.fromiter(conn.execute(q).scalars(), dtype=np.int64)
 
 
+def count_indexed(conn: Connection) -> int:
+    q = select(func.count()).select_from(images).where(images.c.status == STATUS_INDEXED)
+    return int(conn.execute(q).scalar() or 0)
+
+
+def sample_vectors(conn: Connection, size: int, dim: int, seed: int) -> np.ndarray:
+    """``size`` indexed vectors drawn at random (all of them when there are fewer)."""
+    ids = indexed_ids(conn)
+    if len(ids) > size:
+        ids = np.sort(np.random.default_rng(seed).choice(ids, size=size, replace=False))
+    return vectors_for(conn, ids.tolist(), dim)[1]
+
+
 def vectors_for(conn: Connection, ids: Iterable[int], dim: int) -> tuple[np.ndarray, np.ndarray]:
     """Vectors of the given indexed ids, in chunks to keep the SQL parameter count small."""
     ids = list(ids)
@@ -196,7 +229,7 @@ def vectors_for(conn: Connection, ids: Iterable[int], dim: int) -> tuple[np.ndar
         for rid, blob in conn.execute(q.where(images.c.status == STATUS_INDEXED)):
             out_ids.append(rid)
             blobs.append(blob)
-    return np.array(out_ids, dtype=np.int64), _stack(blobs, dim)
+    return np.array(out_ids, dtype=np.int64), stack_blobs(blobs, dim)
 
 
 def iter_vectors(
@@ -218,10 +251,11 @@ def iter_vectors(
         last = rows[-1][0]
         ids = np.array([r[0] for r in rows], dtype=np.int64)
         cids = np.array([-1 if r[2] is None else r[2] for r in rows], dtype=np.int64)
-        yield ids, _stack([r[1] for r in rows], dim), cids
+        yield ids, stack_blobs([r[1] for r in rows], dim), cids
 
 
-def _stack(blobs: list[bytes], dim: int) -> np.ndarray:
+def stack_blobs(blobs: list[bytes], dim: int) -> np.ndarray:
+    """Float32 BLOBs as one ``(len, dim)`` matrix."""
     if not blobs:
         return np.empty((0, dim), dtype=np.float32)
     return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim).copy()
@@ -258,8 +292,6 @@ def move_paths(conn: Connection, src: str, dest: str, root_id: int) -> tuple[int
             .values(path=new, root_id=root_id, updated_at=time.time())
         )
         moved += 1
-    if dropped:
-        bump_index_version(conn)
     return moved, dropped
 
 

@@ -64,13 +64,13 @@ def assert_consistent(data: Path, photos: Path, decodable: int) -> None:
         unassigned = conn.execute(
             "SELECT count(*) FROM images WHERE status='indexed' AND cluster_id IS NULL"
         ).fetchone()[0]
-    ids = VectorIndex.load(data / "vectors.faiss", 192).ids()
+    ids = VectorIndex.open_latest(data, 192, mmap=True).ids()
     assert len(ids) == len(set(ids.tolist())), "duplicate vectors in FAISS"
     assert sorted(ids.tolist()) == sorted(r[0] for r in rows), "FAISS and SQLite disagree"
     on_disk = {str(p.resolve()) for p in photos.rglob("*.jpg") if p.name != "broken.jpg"}
     assert {r[1] for r in rows} == on_disk
     assert clusters == decodable and unassigned == 0
-    assert not list(data.glob(".vectors.faiss.*.tmp"))
+    assert not list(data.glob(".vectors.*.tmp"))
 
 
 @pytest.mark.parametrize(

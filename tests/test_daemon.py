@@ -31,7 +31,7 @@ def lib(tmp_path: Path) -> tuple[Path, Path]:
 def faiss_matches_sqlite(data: Path) -> None:
     with sqlite3.connect(data / "imgindex.db") as conn:
         want = sorted(r[0] for r in conn.execute("SELECT id FROM images WHERE status='indexed'"))
-    have = VectorIndex.load(data / "vectors.faiss", 192).ids().tolist()
+    have = VectorIndex.open_latest(data, 192, mmap=True).ids().tolist()
     assert sorted(have) == want and len(set(have)) == len(have)
 
 

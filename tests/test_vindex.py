@@ -1,0 +1,165 @@
+"""The FAISS cache at scale: kind chosen by size (flat, then IVF), the changes log that catches
+files up, and readers that memory-map the file and overlay what the writer has not saved."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import cli, cli_json
+from imaging import make_photos
+from sqlalchemy import delete
+
+from imgindex import store
+from imgindex.ingest import Ingestor
+from imgindex.library import Library
+from imgindex.schema import images
+from imgindex.vindex import index_files
+
+DIM = 192  # the thumbnail model's
+
+
+def add_vectors(data: Path, x: np.ndarray) -> np.ndarray:
+    """Indexed rows with these vectors (paths in a folder that does not exist); their ids.
+    Written on a connection of its own, as another writer's transaction would be."""
+    with Library.open(data) as lib, lib.engine.begin() as conn:
+        first = conn.execute(images.insert().values(
+            path=f"/synthetic/{time.monotonic_ns()}-0.jpg", root_id=1, size=1, mtime_ns=1,
+            status="indexed", model=lib.model, vector=x[0].tobytes(), updated_at=0.0,
+        )).lastrowid
+        conn.execute(images.insert(), [
+            {"path": f"/synthetic/{first}-{i}.jpg", "root_id": 1, "size": 1, "mtime_ns": 1,
+             "status": "indexed", "model": lib.model, "vector": v.tobytes(), "updated_at": 0.0}
+            for i, v in enumerate(x[1:], 1)
+        ])
+    return np.arange(first, first + len(x))
+
+
+def clustered(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(max(1, n // 50), DIM))
+    x = centres[rng.integers(0, len(centres), n)] + 0.8 * rng.normal(size=(n, DIM))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture()
+def synthetic(tmp_path: Path) -> Path:
+    """A thumbnail-model library whose IVF threshold is 500 vectors."""
+    data = tmp_path / "data"
+    (tmp_path / "photos").mkdir()
+    cli(data, "init", tmp_path / "photos", "--model", "thumbnail")
+    with Library.open(data) as lib, lib.engine.begin() as conn:
+        store.set_meta(conn, "index.flat_max", 500)
+    return data
+
+
+def exact_top(data: Path, q: np.ndarray, k: int) -> list[str]:
+    with Library.open(data) as lib, lib.engine.connect() as conn:
+        rows = conn.execute(images.select().where(images.c.status == "indexed")).all()
+    x = store.stack_blobs([r.vector for r in rows], DIM)
+    return [rows[i].path for i in np.argsort(-(x @ q))[:k]]
+
+
+def test_past_flat_max_the_index_is_ivf_and_still_finds_the_exact_neighbours(synthetic):
+    x = clustered(3000, 1)
+    add_vectors(synthetic, x)
+    with Library.open(synthetic, write=True) as lib:
+        assert lib.vectors.approximate and lib.vectors.kind.startswith("ivf")
+    with Library.open(synthetic) as lib:  # a reader: the saved file, memory-mapped
+        vi = lib.vectors
+        assert vi.read_only and vi.approximate and vi.size == 3000
+        recall = []
+        for q in x[:60]:
+            got = lib.search(q, 10)
+            want = exact_top(synthetic, q, 10)
+            recall.append(len({m.path for m in got} & set(want)) / 10)
+            best = got[0]
+            assert best.score == pytest.approx(1.0, abs=1e-5)  # re-scored exactly: itself
+    assert np.mean(recall) >= 0.95
+
+
+def test_reader_overlays_what_the_writer_has_not_saved(synthetic):
+    ids = add_vectors(synthetic, clustered(1000, 2))
+    with Library.open(synthetic, write=True) as lib:
+        lib.vectors  # noqa: B018 - builds and saves the IVF file
+    saved = sorted(index_files(synthetic))
+    new = clustered(20, 3) * -1  # far from everything else
+    with Library.open(synthetic, write=True) as writer:
+        writer.vectors  # noqa: B018
+        with writer.engine.begin() as conn:
+            conn.execute(delete(images).where(images.c.id.in_(ids[:100].tolist())))
+        writer.sync_index()
+        add_vectors(synthetic, new)  # another connection: the writer's index replays the log
+        writer.sync_index()
+        assert writer.vectors.size == 920
+        assert sorted(index_files(synthetic)) == saved  # nothing saved yet
+        with Library.open(synthetic) as reader:
+            vi = reader.vectors
+            assert vi.read_only and vi.size == 920
+            assert not set(ids[:100]) & set(vi.ids().tolist())
+            top = reader.search(new[0], 5)
+            assert top[0].score == pytest.approx(1.0, abs=1e-5)
+            assert [m.path for m in top] == exact_top(synthetic, new[0], 5)
+        writer.save_index()
+    (seq, _), = index_files(synthetic)
+    with Library.open(synthetic) as lib, lib.engine.connect() as conn:
+        assert seq == store.log_position(conn)[0]
+        assert len(store.logged_since(conn, 0)) == 0  # the saved changes left the log
+        assert lib.vectors.size == 920
+
+
+def test_a_long_lived_reader_follows_saves_and_log_trims(synthetic):
+    add_vectors(synthetic, clustered(800, 4))
+    with Library.open(synthetic, write=True) as lib:
+        lib.vectors  # noqa: B018
+    reader = Library.open(synthetic)
+    try:
+        assert reader.vectors.size == 800
+        fresh = clustered(10, 5) * -1
+        add_vectors(synthetic, fresh)
+        reader.refresh()  # overlay from the log
+        assert reader.vectors.size == 810
+        assert reader.search(fresh[3], 1)[0].score == pytest.approx(1.0, abs=1e-5)
+        with Library.open(synthetic, write=True) as writer:
+            writer.vectors  # noqa: B018 - replays and saves, trimming the log
+        add_vectors(synthetic, clustered(5, 6) * -1)
+        reader.refresh()  # its file is gone and the log trimmed: maps the newest file
+        assert reader.vectors.size == 815
+    finally:
+        reader.close()
+
+
+def test_the_index_is_rebuilt_as_the_library_grows_and_shrinks(synthetic):
+    ids = add_vectors(synthetic, clustered(600, 7))
+    with Library.open(synthetic, write=True) as lib:
+        first = lib.vectors.ivf.nlist
+    add_vectors(synthetic, clustered(4000, 8))
+    with Library.open(synthetic, write=True) as lib:
+        assert lib.vectors.ivf.nlist == first  # replayed, not rebuilt, on open
+        assert lib.maybe_rebuild() and lib.vectors.ivf.nlist >= 2 * first
+        with lib.engine.begin() as conn:
+            conn.execute(delete(images).where(images.c.id >= int(ids[0]) + 100))
+        lib.sync_index()
+        assert lib.maybe_rebuild() and not lib.vectors.approximate  # back to exact, 100 left
+        lib.save_index()
+    with Library.open(synthetic) as lib:
+        assert lib.vectors.size == 100 and not lib.vectors.approximate
+
+
+def test_the_daemon_path_keeps_the_file_and_the_log_in_step(tmp_path):
+    """Real files through the real ingest: a deleted photo leaves the index via the log."""
+    photos, data = tmp_path / "photos", tmp_path / "data"
+    files = make_photos(photos, "red", 6) + make_photos(photos, "blue", 6)
+    cli(data, "init", photos, "--model", "thumbnail")
+    cli(data, "index")
+    files[0].unlink()
+    with Library.open(data, write=True) as lib:
+        ing = Ingestor(lib)
+        ing.refresh_paths([str(files[0].resolve())])
+        ing.drain(final=False)  # a daemon drain soon after a save: the file may stay behind
+        status = cli_json(data, "status")  # a reader, while the writer holds the lock
+        assert status["indexed"] == status["index_size"] == 11
+        got = cli_json(data, "similar", files[1], "-k", "20")
+        assert str(files[0].resolve()) not in {m["path"] for m in got} and len(got) == 10
