@@ -29,6 +29,7 @@ from imgindex.library import Library
 from imgindex.notify import Notifier
 from imgindex.scan import is_ignored
 from imgindex.schema import STATUS_PENDING, images, queue
+from imgindex.service import QueryService
 from imgindex.watch import EventSink, RawEvent, Watcher
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class Daemon:
         self._last_drain = 0.0
         self._dirty = False
         self._config_version = ""
+        self.service: QueryService | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -84,6 +86,7 @@ class Daemon:
             threading.Thread(target=self._keepalive, name="watchdog-ping", daemon=True).start()
             self.notifier.ready(self._status_line())
             log.info("ready: %s", self._status_line())
+            self._start_service()
             self.rescan()
             while not self.stop_requested:
                 self.tick()
@@ -92,10 +95,23 @@ class Daemon:
             self.lib.save_index()
             self.watcher.stop()
         finally:
+            if self.service:
+                self.service.stop()
             self._publish(final=True)
             self.lib.close()
         log.info("stopped")
         return 0
+
+    def _start_service(self) -> None:
+        """Answer `imgindex similar` for photos outside the library (optional: on failure the
+        CLI embeds them itself)."""
+        service = QueryService(self.data_dir, self.weights)
+        try:
+            service.start()
+        except Exception as exc:
+            log.warning("similar-photo queries are not served by the daemon: %s", exc)
+            return
+        self.service = service
 
     def _install_signals(self) -> None:
         def stop(_signo: int, _frame: Any) -> None:
@@ -300,7 +316,7 @@ class Daemon:
 
     def _drain(self) -> None:
         self._set_state("clustering")
-        self.ingestor.drain()
+        self.ingestor.drain(final=False)
         self._dirty = False
         self._last_drain = time.monotonic()
         r = self.ingestor.report

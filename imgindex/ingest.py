@@ -278,7 +278,10 @@ class Ingestor:
             if added:
                 new_ids = np.array([i for i, _ in added], dtype=np.int64)
                 new_vecs = np.stack([v for _, v in added])
-                organize.after_batch(conn, self.lib.k_setting, self.lib.dim, new_ids, new_vecs)
+                n = self.lib.vectors.size + len(added) - len(gone)
+                organize.after_batch(
+                    conn, self.lib.k_setting, self.lib.dim, new_ids, new_vecs, n
+                )
             store.add_to_counter(conn, "embedded_total", len(to_embed))
         self.lib.sync_index()
         self.report.embedded += len(to_embed)

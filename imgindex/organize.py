@@ -4,8 +4,10 @@
   their assignment (cost independent of the library size), or a consolidation when the library
   has doubled since the last one (amortised, geometric).
 - ``after_drain``: when a run or the daemon's queue drains, a consolidation if the library
-  changed by more than ``REFRESH_RATIO`` (or k must be re-chosen), else every image is
-  re-assigned to the current centres. Either way every assignment then reflects the centres.
+  changed by more than ``REFRESH_RATIO`` (or k must be re-chosen), else, up to
+  ``REASSIGN_MAX`` images, every image is re-assigned to the current centres. Beyond that a
+  drain costs no more than a count: assignments made batch by batch stand until the next
+  consolidation (every 10 % of change), which re-assigns everything.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ GROWTH_RATIO = 2.0  # consolidate during a run when the library doubles
 REFRESH_RATIO = 0.1  # consolidate at a drain when the library changed by more than 10 %
 SAMPLE_FIT = 50_000  # vectors used by a consolidation's batch k-means
 SAMPLE_K = 2_000  # vectors used to choose k by silhouette
+REASSIGN_MAX = 50_000  # beyond this many images, drains leave assignments to consolidations
 SEED = 0
 
 
@@ -36,13 +39,13 @@ def _count(conn: Connection) -> int:
 
 
 def after_batch(
-    conn: Connection, k_setting: str, dim: int, ids: np.ndarray, vectors: np.ndarray
+    conn: Connection, k_setting: str, dim: int, ids: np.ndarray, vectors: np.ndarray, n: int
 ) -> None:
-    """Update the clusters with a batch of newly indexed vectors."""
+    """Update the clusters with a batch of newly indexed vectors; ``n``: indexed images now
+    (the caller's in-memory count: counting rows here would grow with the library)."""
     if len(ids) == 0:
         return
     state = load_state(conn)
-    n = _count(conn)
     last = int(store.get_meta(conn, "cluster_consolidated_at", "0") or 0)
     if state is None:
         if n >= FIRST_FIT:
@@ -79,7 +82,7 @@ def after_drain(
         or abs(n - last) > REFRESH_RATIO * max(last, 1)
     ):
         consolidate(conn, k_setting, dim, vectors=vectors)
-    else:
+    elif n <= REASSIGN_MAX:
         _reassign_all(conn, state, dim, vectors)
 
 

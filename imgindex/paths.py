@@ -11,6 +11,7 @@ DB_NAME = "imgindex.db"
 INDEX_NAME = "vectors.faiss"
 LOCK_NAME = "write.lock"
 WEIGHTS_DIR = "weights"
+SOCKET_NAME = "daemon.sock"
 
 
 def resolve_data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -46,3 +47,8 @@ class LibraryPaths:
     @property
     def weights(self) -> Path:
         return self.root / WEIGHTS_DIR
+
+    @property
+    def socket(self) -> Path:
+        """Where a running daemon answers queries (see ``imgindex.service``)."""
+        return self.root / SOCKET_NAME

@@ -1,11 +1,19 @@
-"""``imgindex similar``: a stored vector when the photo is indexed (no torch), else embed it."""
+"""``imgindex similar``: a stored vector when the photo is indexed (no torch); else the running
+daemon embeds it (model already loaded, see ``imgindex.service``); else embed it here."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imgindex.errors import DecodeFailure, ImgIndexError
 from imgindex.library import Library, Match
+from imgindex.service import ask_similar
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from imgindex.decode import Decoded
 
 
 def similar_to(
@@ -21,19 +29,32 @@ def similar_to(
     if stored is not None:
         own_id, vector = stored
         return lib.search(vector, k, exclude=own_id)
+    if weights is None:  # the daemon uses its own weights: not when the user names a file
+        answer = ask_similar(lib.paths, path, k)
+        if answer is not None:
+            return answer
     return lib.search(embed_file(lib, path, weights), k)
 
 
-def embed_file(lib: Library, path: Path, weights: Path | None = None):
+def embed_file(lib: Library, path: Path, weights: Path | None = None) -> np.ndarray:
     """Decode and embed one file with the library's model."""
-    from imgindex.decode import decode_for_model
-    from imgindex.models import get_spec, load_embedder
+    from imgindex.models import load_embedder
 
     try:
-        img = decode_for_model(path.read_bytes(), size=get_spec(lib.model).input_size)
-    except DecodeFailure as exc:
-        raise ImgIndexError(f"{path}: {exc.reason}") from None
+        data = path.read_bytes()
     except OSError as exc:
         raise ImgIndexError(f"{path}: cannot read ({exc.strerror})") from None
+    img = decode_photo(path, data, lib.model)
     embedder = load_embedder(lib.model, weights=weights, cache_dir=lib.paths.weights)
     return embedder.embed(img.pixels[None])[0]
+
+
+def decode_photo(path: Path | str, data: bytes, model: str) -> Decoded:
+    """``data`` (the bytes of ``path``) decoded for ``model``; ImgIndexError says why not."""
+    from imgindex.decode import decode_for_model
+    from imgindex.models import get_spec
+
+    try:
+        return decode_for_model(data, size=get_spec(model).input_size)
+    except DecodeFailure as exc:
+        raise ImgIndexError(f"{path}: {exc.reason}") from None

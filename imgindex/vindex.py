@@ -176,6 +176,8 @@ class VectorIndex:
                 continue
             vi = cls(dim, index, seq)
             vi.read_only, vi.path = mmap, path
+            if not mmap and vi.ivf is not None:  # the writer removes ids by hash table
+                vi.ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
             return vi
         return None
 
@@ -184,7 +186,14 @@ class VectorIndex:
         mapped one keeps it until it closes)."""
         path = folder / f"vectors.{self.seq}.faiss"
         tmp = folder / f".{path.name}.{os.getpid()}.tmp"
-        faiss.write_index(self.index, str(tmp))
+        ivf = self.ivf
+        if ivf is not None:  # the file goes without the id hash table: mapping stays instant
+            ivf.set_direct_map_type(faiss.DirectMap.NoMap)
+        try:
+            faiss.write_index(self.index, str(tmp))
+        finally:
+            if ivf is not None:
+                ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

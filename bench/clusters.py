@@ -1,0 +1,99 @@
+"""Clustering at scale: cost of one incremental update and of a consolidation, by library size.
+
+    python bench/clusters.py [--sizes 10000 100000 1000000] [--keep DIR] [--batch 32]
+
+Uses the synthetic libraries of ``bench/query.py`` (built here, or reused from ``--keep``). Per
+size, with k = 50 and a first consolidation done outside the timing:
+
+- one batch as the ingest writes it (median of 20): ``organize.after_batch`` on ``--batch`` new
+  vectors (``partial_fit`` + assignment + the state saved) inside the batch's transaction, plus
+  the writer's FAISS index replaying the batch from the changes log;
+- one drain when nothing is due (a count, and at most ``REASSIGN_MAX`` re-assignments);
+- one consolidation (k-means++ on a sample, every image re-assigned, ids matched).
+
+Every timed transaction is rolled back, so the library is the same for each repeat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from query import build, synthetic
+
+from imgindex import organize, store
+from imgindex.library import Library
+from imgindex.schema import images
+
+
+def timed(lib: Library, fn, repeats: int) -> float:
+    """Median seconds of ``fn(conn)`` in a transaction that is rolled back."""
+    times = []
+    for _ in range(repeats):
+        with lib.engine.connect() as conn:
+            trans = conn.begin()
+            start = time.perf_counter()
+            fn(conn)
+            times.append(time.perf_counter() - start)
+            trans.rollback()
+    return statistics.median(times)
+
+
+def one_batch(lib: Library, batch: int, dim: int, seed: int) -> float:
+    """A batch of new rows: the clusters updated in its transaction, then the index replayed."""
+    x = next(synthetic(batch, dim, seed))
+    times = []
+    for r in range(20):
+        with lib.engine.begin() as conn:
+            rows = [{"path": f"/new/{seed}-{r}-{i}.jpg", "root_id": 1, "size": 1, "mtime_ns": 1,
+                     "status": "indexed", "model": lib.model, "vector": v.tobytes(),
+                     "updated_at": 0.0} for i, v in enumerate(x)]
+            conn.execute(images.insert(), rows)
+            ids = np.array(conn.execute(
+                images.select().with_only_columns(images.c.id)
+                .where(images.c.path.like(f"/new/{seed}-{r}-%"))).scalars().all())
+            start = time.perf_counter()
+            organize.after_batch(conn, lib.k_setting, dim, ids, x, lib.vectors.size + batch)
+        lib.sync_index()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--dim", type=int, default=1280)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--keep", type=Path, help="libraries of bench/query.py --keep, or made here")
+    args = ap.parse_args()
+    tmp = args.keep or Path(tempfile.mkdtemp(prefix="imgindex-clusters-"))
+    print(f"| images | one batch of {args.batch} ms | drain (nothing due) ms "
+          "| consolidation s |")
+    print("|---|---|---|---|")
+    for n in args.sizes:
+        data = tmp / str(n) / "data"
+        if not data.exists():
+            build(tmp / str(n), n, args.dim)
+        with Library.open(data, write=True) as lib:
+            with lib.engine.begin() as conn:
+                store.set_meta(conn, "k", 50)
+            lib.k_setting = "50"
+            lib.vectors  # noqa: B018
+            with lib.engine.begin() as conn:
+                if organize.load_state(conn) is None:
+                    organize.consolidate(conn, "50", args.dim)
+            batch = one_batch(lib, args.batch, args.dim, n)
+            drain = timed(lib, lambda c: organize.after_drain(c, "50", args.dim), 3)
+            full = timed(lib, lambda c: organize.consolidate(c, "50", args.dim), 1)
+        print(f"| {n:,} | {batch * 1000:.1f} | {drain * 1000:.0f} | {full:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
