@@ -337,6 +337,7 @@ class Daemon:
             self.reload_requested = True
         self._sync_roots()
         self._retry_pending()
+        self.ingestor.checkpoint()  # an idle daemon's file catches up within a minute
         self._publish()
         self.notifier.status(self._status_line())
 

@@ -287,9 +287,7 @@ class Ingestor:
         self.report.embedded += len(to_embed)
         if self.progress:
             self.progress(len(batch))
-        if time.monotonic() - self._saved_at > CHECKPOINT_S:
-            self.lib.save_index()
-            self._saved_at = time.monotonic()
+        self.checkpoint()
 
     def _apply(
         self, conn: Connection, p: Prepared, vector: np.ndarray | None, added: list, removed: list
@@ -468,7 +466,12 @@ class Ingestor:
         vectors = self.lib.vectors.all_vectors()  # in step with SQLite: we are the writer
         with self.lib.engine.begin() as conn:
             organize.after_drain(conn, self.lib.k_setting, self.lib.dim, vectors)
-        if final or time.monotonic() - self._saved_at > CHECKPOINT_S:
+        self.checkpoint(force=final)
+
+    def checkpoint(self, force: bool = False) -> None:
+        """Save the FAISS file if it is behind and the last save is older than a checkpoint:
+        readers overlay the changes since, so saving a large index at every batch is waste."""
+        if force or time.monotonic() - self._saved_at > CHECKPOINT_S:
             self.lib.save_index()
             self._saved_at = time.monotonic()
 

@@ -134,7 +134,10 @@ class VectorIndex:
             self._sel = sel  # the params hold a raw pointer: keep the selector alive
             self._hidden = None
         else:
-            self.remove(np.asarray(changed, np.int64))
+            changed = np.asarray(changed, np.int64)
+            if self.ivf is None:  # a flat removal moves every vector: only for ids it holds
+                changed = changed[np.isin(changed, _ids_of(self.index))]
+            self.remove(changed)
             self.add(ids, vectors)
         self.seq = seq
 
