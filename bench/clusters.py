@@ -48,10 +48,10 @@ def timed(lib: Library, fn, repeats: int) -> float:
 
 def one_batch(lib: Library, batch: int, dim: int, seed: int) -> float:
     """A batch of new rows: the clusters updated in its transaction, then the index replayed."""
-    x = next(synthetic(batch, dim, seed))
     offline = lib.roots()[1]  # the unmounted root of bench/query.py: the rows stay
     times = []
-    for _ in range(20):
+    for r in range(20):
+        x = next(synthetic(batch, dim, seed + r))
         prefix = f"{offline}/new-{time.time_ns()}-"
         with lib.engine.begin() as conn:
             rows = [{"path": f"{prefix}{i}.jpg", "root_id": 2, "size": 1, "mtime_ns": 1,

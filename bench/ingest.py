@@ -44,12 +44,22 @@ def corpora(tmp: Path, n_small: int, n_camera: int) -> dict[str, list[Path]]:
 
 
 def tutorial_loop(files: list[Path], model: str) -> float:
-    """As the notebooks do it: the same network and weights in PyTorch's default layout
-    (NCHW), one image at a time, full decode, resize to 224, forward."""
+    """As the notebooks do it: the same network and weights, as published, in PyTorch's default
+    layout (NCHW), one image at a time, full decode, resize to 224, forward."""
     import torch
 
     plain = load_embedder(model)
     body = plain.body.to(memory_format=torch.contiguous_format)
+    if model == "efficientnet_lite0":  # as published: imgindex folds batch norms and padding
+        from efficientnet_lite_pytorch import EfficientNet
+
+        from imgindex.models.efficientnet import default_weights
+        from imgindex.models.runtime import load_weights
+
+        net = EfficientNet.from_name("efficientnet-lite0")
+        load_weights(net, default_weights(), model)
+        net.eval()
+        body = lambda x: net.extract_features(x).mean(dim=(2, 3))  # noqa: E731
     mean, std = plain._mean, plain._std  # the model's own input scaling
     start = time.perf_counter()
     with torch.no_grad():

@@ -263,3 +263,24 @@ def test_cuda_matches_cpu(lite0, pets) -> None:
     np.testing.assert_allclose(np.linalg.norm(on_gpu, axis=1), 1.0, atol=1e-5)
     assert (on_gpu * on_cpu).sum(axis=1).min() > 0.99
     assert (gpu.classify(pixels).argmax(1) == lite0.classify(pixels).argmax(1)).mean() > 0.9
+
+
+def test_folding_batch_norm_and_padding_keeps_lite0_features() -> None:
+    """The default model runs with batch norms folded into its convolutions and symmetric
+    "same" padding done by the convolutions: all are folded, the features are unchanged."""
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from imgindex.models.efficientnet import default_weights, fold_batchnorm, fold_padding
+    from imgindex.models.runtime import load_weights
+
+    net = EfficientNet.from_name("efficientnet-lite0")
+    load_weights(net, default_weights(), "efficientnet_lite0")
+    net.eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        before = net.extract_features(x).mean(dim=(2, 3))
+        assert fold_batchnorm(net) == 49 and fold_padding(net) == 12
+        after = net.extract_features(x).mean(dim=(2, 3))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
