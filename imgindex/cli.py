@@ -305,8 +305,13 @@ def clusters(
         return
     if not rows:
         typer.echo("no clusters yet: run `imgindex index`", err=True)
+    from imgindex.clusterstore import display_name
+
     for row in rows:
-        typer.echo(f"{row['id']:>4}  {row['size']:>7}  " + "  ".join(row["representatives"]))
+        title = display_name(row["id"], row)
+        typer.echo(
+            f"{row['id']:>4}  {row['size']:>7}  {title}  " + "  ".join(row["representatives"])
+        )
 
 
 @clusters_app.command("show")
@@ -323,9 +328,29 @@ def clusters_show(
     if as_json:
         _echo_json(data)
         return
-    typer.echo(f"cluster {data['id']}: {data['size']} images", err=True)
+    from imgindex.clusterstore import display_name
+
+    typer.echo(
+        f"cluster {data['id']} ({display_name(data['id'], data)}): {data['size']} images", err=True
+    )
     for m in data["members"]:
         typer.echo(m["path"])
+
+
+@clusters_app.command("name")
+def clusters_name(
+    ctx: typer.Context,
+    cluster_id: Annotated[int, typer.Argument(metavar="ID", help="Cluster id.")],
+    name: Annotated[str | None, typer.Argument(help="The name, e.g. 'Beach 2024'.")] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove the name.")] = False,
+) -> None:
+    """Give cluster ID a name of your own; it follows the cluster through updates."""
+    from imgindex.clusterstore import name_cluster
+
+    if (name is None) == (not clear):
+        raise ImgIndexError("give a NAME, or --clear to remove the cluster's name")
+    with _open(ctx) as lib, lib.engine.begin() as conn:
+        name_cluster(conn, cluster_id, None if clear else name)
 
 
 @app.command()

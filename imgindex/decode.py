@@ -71,6 +71,7 @@ class Decoded:
     width: int  # full upright image (after EXIF orientation), before any draft or resize
     height: int
     format: str  # Pillow's format name: "JPEG", "PNG", "HEIF", ...
+    phash: int | None = None  # perceptual hash of the whole upright picture (imgindex.phash)
 
 
 def register_optional_plugins() -> list[str]:
@@ -106,6 +107,15 @@ def open_upright(
     return _open(data, min_size, max_pixels)[0]
 
 
+def phash_of(img: Image.Image) -> int:
+    """The perceptual hash of a whole (uncropped) picture: copies resized to another aspect
+    ratio, recompressed or made grey hash alike."""
+    from imgindex.phash import phash_grey
+
+    grey = img.convert("L").resize((32, 32), Image.Resampling.LANCZOS, reducing_gap=2.0)
+    return phash_grey(np.asarray(grey, dtype=np.float64))
+
+
 def decode_for_model(
     data: bytes, *, size: int = 224, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> Decoded:
@@ -120,7 +130,8 @@ def decode_for_model(
     square = img.resize(
         (size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=_REDUCING_GAP
     )
-    return Decoded(np.array(square, dtype=np.uint8, order="C"), width, height, fmt)
+    pixels = np.array(square, dtype=np.uint8, order="C")
+    return Decoded(pixels, width, height, fmt, phash_of(img))
 
 
 def _open(

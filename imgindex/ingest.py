@@ -72,6 +72,8 @@ class Prepared:
     reason: str | None = None
     retryable: bool = False
     source: int | None = None  # id of a row with the same content, for ``known``
+    phash: int | None = None  # perceptual hash of the decoded picture
+    label: int | None = None  # ImageNet top-1 class, once embedded (models with a head)
 
 
 class Ingestor:
@@ -230,7 +232,15 @@ class Ingestor:
                 root_id, fs, "failed", digest, reason=exc.reason, retryable=exc.retryable
             )
         return Prepared(
-            root_id, fs, "decoded", digest, img.pixels, img.width, img.height, img.format
+            root_id,
+            fs,
+            "decoded",
+            digest,
+            img.pixels,
+            img.width,
+            img.height,
+            img.format,
+            phash=img.phash,
         )
 
     def _known(self, digest: str) -> int | None:
@@ -248,9 +258,18 @@ class Ingestor:
         return None if row is None else row[0]
 
     def _embed(self, batch: list[Prepared]) -> np.ndarray:
+        """Vectors of a batch; each file's ImageNet top-1 class is set on it on the way."""
         if not batch:
             return np.empty((0, self.lib.dim), dtype=np.float32)
-        return self._embed_pixels(np.stack([p.pixels for p in batch]))
+        pixels = np.stack([p.pixels for p in batch])
+        self._embed_pixels(pixels[:0])  # loaded
+        labelled = getattr(self._embedder, "embed_labelled", None)
+        if labelled is None:
+            return self._embedder.embed(pixels)
+        vectors, labels = labelled(pixels)
+        for p, label in zip(batch, labels, strict=True):
+            p.label = int(label)
+        return vectors
 
     def _embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         if self._embedder is None:
@@ -279,9 +298,7 @@ class Ingestor:
                 new_ids = np.array([i for i, _ in added], dtype=np.int64)
                 new_vecs = np.stack([v for _, v in added])
                 n = self.lib.vectors.size + len(added) - len(gone)
-                organize.after_batch(
-                    conn, self.lib.k_setting, self.lib.dim, new_ids, new_vecs, n
-                )
+                organize.after_batch(conn, self.lib.k_setting, self.lib.dim, new_ids, new_vecs, n)
             store.add_to_counter(conn, "embedded_total", len(to_embed))
         self.lib.sync_index()
         self.report.embedded += len(to_embed)
@@ -326,11 +343,25 @@ class Ingestor:
                 return
             self.report.reused += 1
             vector = store.blob_to_vector(src.vector)
-            row = {**base, "width": src.width, "height": src.height, "format": src.format}
+            row = {
+                **base,
+                "width": src.width,
+                "height": src.height,
+                "format": src.format,
+                "label": src.label,
+                "phash": src.phash,
+            }
             self._insert_indexed(conn, row, vector, added)
         elif p.kind == "decoded":
             self._drop(conn, old, removed)
-            row = {**base, "width": p.width, "height": p.height, "format": p.format}
+            row = {
+                **base,
+                "width": p.width,
+                "height": p.height,
+                "format": p.format,
+                "label": p.label,
+                "phash": p.phash,
+            }
             self._insert_indexed(conn, row, vector, added)
         else:
             self._drop(conn, old, removed)

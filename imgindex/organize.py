@@ -19,7 +19,13 @@ import numpy as np
 from sqlalchemy import Connection, func, select, update
 
 from imgindex import cluster, store
-from imgindex.clusterstore import get_meta_json, load_state, save_state, set_meta_json
+from imgindex.clusterstore import (
+    get_meta_json,
+    load_state,
+    refresh_labels,
+    save_state,
+    set_meta_json,
+)
 from imgindex.schema import STATUS_INDEXED, images
 
 log = logging.getLogger(__name__)
@@ -187,6 +193,7 @@ def consolidate(
     state = load_state(conn) or {"n_steps": 0, "since_reassign": 0}
     save_state(conn, new_ids, centers, sizes.astype(np.float32), sizes, state["n_steps"], 0)
     store.set_meta(conn, "cluster_consolidated_at", n)
+    refresh_labels(conn)
     log.info("consolidated %d images into %d clusters", n, k)
 
 
@@ -214,3 +221,4 @@ def _reassign_all(
     save_state(
         conn, cids, centers, state["weights"], sizes, state["n_steps"], state["since_reassign"]
     )
+    refresh_labels(conn)

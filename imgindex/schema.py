@@ -55,6 +55,8 @@ images = Table(
     Column("cluster_id", Integer),
     Column("updated_at", Float, nullable=False),
     Column("retry_after", Float),  # revision 0002
+    Column("label", Integer),  # ImageNet top-1 class index, when the model has a head (0005)
+    Column("phash", Integer),  # 64-bit perceptual (DCT) hash as a signed integer (0005)
     sqlite_autoincrement=True,
 )
 Index("ix_images_content_hash", images.c.content_hash)
@@ -70,6 +72,16 @@ clusters = Table(
     Column("centroid", LargeBinary, nullable=False),  # float32
     Column("weight", Float, nullable=False),  # MiniBatchKMeans per-centre counts
     Column("size", Integer, nullable=False),  # members assigned now
+)
+
+#: Each cluster's readable label (its members' most frequent ImageNet classes) and the name a
+#: user gave it; apart from ``clusters``, which is rewritten at every batch (revision 0005).
+cluster_labels = Table(
+    "cluster_labels",
+    metadata,
+    Column("cluster_id", Integer, primary_key=True, autoincrement=False),
+    Column("label", Text),
+    Column("name", Text),
 )
 
 #: Paths the daemon's watcher saw change, processed once ``due_at`` passes (revision 0003).

@@ -123,9 +123,7 @@ def add_to_counter(conn: Connection, key: str, amount: int) -> int:
 def log_position(conn: Connection) -> tuple[int, int]:
     """``(head, trimmed)``: the last ``index_log`` seq written, and the seq up to which rows
     were deleted (a FAISS file older than that cannot be caught up from the log)."""
-    head = conn.execute(
-        text("SELECT seq FROM sqlite_sequence WHERE name = 'index_log'")
-    ).scalar()
+    head = conn.execute(text("SELECT seq FROM sqlite_sequence WHERE name = 'index_log'")).scalar()
     return int(head or 0), int(get_meta(conn, "index_log_trimmed", "0") or 0)
 
 
@@ -187,6 +185,8 @@ def find_indexed_by_hash(conn: Connection, content_hash: str, model: str) -> Any
         images.c.width,
         images.c.height,
         images.c.format,
+        images.c.label,
+        images.c.phash,
     )
     q = q.where(
         images.c.content_hash == content_hash,

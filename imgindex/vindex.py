@@ -239,9 +239,7 @@ def build_ivf(
         index.add_with_ids(np.ascontiguousarray(vecs, np.float32), ids)
         scores = queries @ vecs.T
         top = np.argsort(-scores, axis=1)[:, :10]
-        best, best_ids = _merge(
-            best, best_ids, np.take_along_axis(scores, top, 1), ids[top], 10
-        )
+        best, best_ids = _merge(best, best_ids, np.take_along_axis(scores, top, 1), ids[top], 10)
     index.nprobe = _tune_nprobe(index, queries, best_ids)
     index.set_direct_map_type(faiss.DirectMap.Hashtable)  # removals cost O(removed), not O(n)
     return index

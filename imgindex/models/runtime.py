@@ -10,6 +10,7 @@ import pickle
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,6 +87,25 @@ class TorchEmbedder:
         feats = self._run(pixels, classify=False)
         return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
 
+    def embed_labelled(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Unit vectors and the ImageNet top-1 class of each image, from one forward pass."""
+        self._check(pixels)
+        vectors, labels = [np.zeros((0, self.spec.dim), np.float32)], [np.zeros(0, np.int64)]
+        step = CPU_CHUNK if self.device == "cpu" else max(len(pixels), 1)
+        with torch.inference_mode(), self._precision():
+            for start in range(0, len(pixels), step):
+                feats = self.body(self._input(pixels[start : start + step]))
+                labels.append(self.head(feats).argmax(dim=1).cpu().numpy())
+                vectors.append(feats.float().cpu().numpy())
+        feats = np.concatenate(vectors)
+        norms = np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+        return feats / norms, np.concatenate(labels)
+
+    def _precision(self) -> Any:
+        if self.device == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return nullcontext()
+
     def classify(self, pixels: np.ndarray) -> np.ndarray:
         return self._run(pixels, classify=True)
 
@@ -106,9 +126,7 @@ class TorchEmbedder:
     def _run(self, pixels: np.ndarray, *, classify: bool) -> np.ndarray:
         self._check(pixels)
         out = [np.zeros((0, 1000 if classify else self.spec.dim), np.float32)]
-        half = (
-            torch.autocast("cuda", dtype=torch.float16) if self.device == "cuda" else nullcontext()
-        )
+        half = self._precision()
         step = CPU_CHUNK if self.device == "cpu" else max(len(pixels), 1)
         with torch.inference_mode(), half:
             for start in range(0, len(pixels), step):
