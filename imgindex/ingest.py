@@ -262,23 +262,25 @@ class Ingestor:
         if not batch:
             return np.empty((0, self.lib.dim), dtype=np.float32)
         pixels = np.stack([p.pixels for p in batch])
-        self._embed_pixels(pixels[:0])  # loaded
-        labelled = getattr(self._embedder, "embed_labelled", None)
+        labelled = getattr(self._load_embedder(), "embed_labelled", None)
         if labelled is None:
-            return self._embedder.embed(pixels)
+            return self._embed_pixels(pixels)
         vectors, labels = labelled(pixels)
         for p, label in zip(batch, labels, strict=True):
             p.label = int(label)
         return vectors
 
     def _embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        return self._load_embedder().embed(pixels)
+
+    def _load_embedder(self) -> Any:
         if self._embedder is None:
             from imgindex.models import load_embedder
 
             self._embedder = load_embedder(
                 self.lib.model, weights=self.weights, cache_dir=self.lib.paths.weights
             )
-        return self._embedder.embed(pixels)
+        return self._embedder
 
     def _flush(self, batch: list[Prepared]) -> None:
         if not batch:

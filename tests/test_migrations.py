@@ -97,3 +97,24 @@ def test_a_database_newer_than_the_code_is_refused(tmp_path):
         Library.open(data)
     result = cli(data, "status", code=1)
     assert result.stderr.startswith("error: database") and "9999" in result.stderr
+
+
+def test_upgraded_library_logs_index_changes_and_keeps_them_through_later_revisions(tmp_path):
+    """From 0001 with data to head: the 0004 triggers exist after 0005 added columns, an old
+    FAISS file is replaced, and a deletion reaches readers through the changes log."""
+    _photos, data = _v1_library(tmp_path)
+    (data / "vectors.faiss").write_bytes(b"IMGIDX01 an index file of the old format")
+    cli(data, "index")
+    assert not (data / "vectors.faiss").exists()
+    with sqlite3.connect(data / "imgindex.db") as conn:
+        triggers = {
+            r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='trigger'")
+        }
+        assert triggers == {"images_log_insert", "images_log_update", "images_log_delete"}
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(images)")}
+        assert {"label", "phash"} <= columns
+        before = conn.execute("SELECT count(*) FROM index_log").fetchone()[0]
+        conn.execute("DELETE FROM images WHERE id = (SELECT min(id) FROM images)")
+        assert conn.execute("SELECT count(*) FROM index_log").fetchone()[0] == before + 1
+    status = cli_json(data, "status")
+    assert status["indexed"] == status["index_size"] == 1
