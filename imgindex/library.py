@@ -320,6 +320,7 @@ class Library:
             "failed": counts.get(STATUS_FAILED, 0),
             "pending": counts.get(STATUS_PENDING, 0),
             "index_size": self.vectors.size,
+            "index_kind": self.vectors.kind,
             "embedded_total": int(settings.get("embedded_total", "0")),
             "queued": queued,
             "daemon": self._daemon_status(settings.get("status.daemon")),
