@@ -287,6 +287,57 @@ def similar(
         typer.echo(f"{m.score:.4f}  {m.path}")
 
 
+@app.command()
+def duplicates(
+    ctx: typer.Context,
+    threshold: Annotated[
+        float,
+        typer.Option(
+            help="Cosine of two images' embeddings at or above which they are near duplicates "
+            "(the vector tier; catches crops and mirror images; lower finds look-alikes)."
+        ),
+    ] = 0.97,
+    max_distance: Annotated[
+        int,
+        typer.Option(
+            help="Perceptual-hash bits (0-16) within which two images are near duplicates "
+            "(resized, recompressed, re-encoded, grey copies)."
+        ),
+    ] = 4,
+    as_json: JsonOpt = False,
+) -> None:
+    """Groups of duplicate images: exact copies (same bytes) and near copies (perceptual hash
+    within --max-distance bits, or embedding cosine >= --threshold), linked transitively. A
+    group lists its largest picture first (kind 'first'), then the others, kind 'exact' (same
+    bytes as the first) or 'near'; score: cosine of a member's embedding to the first one's
+    (1.0 for exact copies); distance: its perceptual-hash bits from the first. Text: a header
+    per group naming the tiers that linked it (exact, phash, vector), then score, distance,
+    kind and path per member. Failed files are never grouped."""
+    from imgindex.duplicates import find_duplicates
+
+    with _open(ctx) as lib:
+        groups = find_duplicates(lib, threshold=threshold, max_distance=max_distance)
+    if as_json:
+        _echo_json(
+            [
+                {
+                    "reason": g.reason,
+                    "members": [{**asdict(m), "score": round(m.score, 6)} for m in g.members],
+                }
+                for g in groups
+            ]
+        )
+        return
+    typer.echo(f"{len(groups)} groups, {sum(len(g.members) for g in groups)} images", err=True)
+    for i, g in enumerate(groups):
+        if i:
+            typer.echo("")
+        typer.echo(f"group {i + 1}: {len(g.members)} images ({', '.join(g.reason)})")
+        for m in g.members:
+            bits = "-" if m.distance is None else m.distance
+            typer.echo(f"  {m.score:.4f}  {bits:>2}  {m.kind:<5}  {m.path}")
+
+
 @clusters_app.callback(invoke_without_command=True)
 def clusters(
     ctx: typer.Context,
@@ -351,6 +402,39 @@ def clusters_name(
         raise ImgIndexError("give a NAME, or --clear to remove the cluster's name")
     with _open(ctx) as lib, lib.engine.begin() as conn:
         name_cluster(conn, cluster_id, None if clear else name)
+
+
+@clusters_app.command("export")
+def clusters_export(
+    ctx: typer.Context,
+    directory: Annotated[
+        Path, typer.Argument(metavar="DIR", help="The view's folder (created if missing).")
+    ],
+    copy: Annotated[
+        bool, typer.Option("--copy/--symlink", help="Copy the photos instead of linking them.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """One folder per cluster in DIR with symlinks to (or copies of) its photos. Run it again
+    to bring DIR up to date; photos are never changed, others' files in DIR are left alone."""
+    from imgindex.views import export
+
+    with _open(ctx) as lib:
+        report = export(lib, directory, "copy" if copy else "symlink")
+    if as_json:
+        _echo_json(asdict(report))
+        return
+    typer.echo(
+        f"exported {report.images} images into {report.folders} folders in {report.dir} "
+        f"({report.added} added, {report.moved} moved, {report.removed} removed)",
+        err=True,
+    )
+    if report.left or report.skipped:
+        typer.echo(
+            f"warning: {report.left} files changed by someone else were left alone, "
+            f"{report.skipped} images skipped (original gone)",
+            err=True,
+        )
 
 
 @app.command()
@@ -475,6 +559,55 @@ def migrate(ctx: typer.Context) -> None:
 
     with _open(ctx, write=True, purpose="imgindex migrate"):
         typer.echo(f"schema at revision {SCHEMA_HEAD}", err=True)
+
+
+@app.command("export")
+def export_rows(
+    ctx: typer.Context,
+    csv_file: Annotated[
+        str | None, typer.Option("--csv", metavar="FILE", help="Write CSV here ('-': stdout).")
+    ] = None,
+    json_file: Annotated[
+        str | None, typer.Option("--json", metavar="FILE", help="Write JSON here ('-': stdout).")
+    ] = None,
+) -> None:
+    """One row per image (path, status, reason, cluster, map x/y) for spreadsheets and Tableau."""
+    from imgindex import export
+
+    if not (csv_file or json_file):
+        raise ImgIndexError("say where to write: --csv FILE and/or --json FILE ('-': stdout)")
+    if csv_file == json_file:
+        raise ImgIndexError(f"--csv and --json cannot both write to {csv_file}")
+    with _open(ctx) as lib:
+        rows = export.rows(lib)
+    for dest, writer in ((csv_file, export.write_csv), (json_file, export.write_json)):
+        if dest:
+            export.save(dest, writer, rows)
+            if dest != "-":
+                typer.echo(f"{dest}: {len(rows)} images", err=True)
+
+
+@app.command()
+def report(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write.")] = Path(
+        "report.html"
+    ),
+    thumbnails: Annotated[
+        int, typer.Option(min=0, help="Embed at most this many thumbnails.")
+    ] = 3000,
+) -> None:
+    """One self-contained HTML page: the map of the library, a contact sheet per cluster and
+    the silhouette-versus-k plot. Opens offline in any browser."""
+    from imgindex.report import human_size, write
+
+    with _open(ctx) as lib:
+        done = write(lib, out, thumbs_max=thumbnails)
+    typer.echo(
+        f"{done.path.resolve()} ({human_size(done.size)}): {done.points} points, {done.clusters} "
+        f"clusters, {done.thumbnails} thumbnails, {done.seconds:.1f} s",
+        err=True,
+    )
 
 
 def main() -> None:

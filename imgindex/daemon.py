@@ -30,6 +30,7 @@ from imgindex.notify import Notifier
 from imgindex.scan import is_ignored
 from imgindex.schema import STATUS_PENDING, images, queue
 from imgindex.service import QueryService
+from imgindex.views import ViewKeeper
 from imgindex.watch import EventSink, RawEvent, Watcher
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class Daemon:
         self._dirty = False
         self._config_version = ""
         self.service: QueryService | None = None
+        self.view = ViewKeeper()  # the cluster view in settings.view_dir, when set
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -141,6 +143,7 @@ class Daemon:
         )
         jitter = random.uniform(0.9, 1.1)
         self._next_rescan = time.monotonic() + self.settings.rescan_interval * jitter
+        self.view.verify = True  # view_dir may be new: check it entry by entry
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -152,6 +155,7 @@ class Daemon:
             self.notifier.reloading()
             self._reload()
             self._sync_roots()
+            self._update_view()
             self.notifier.ready(self._status_line())
             log.info("configuration reloaded")
         self._absorb(self.sink.drain())
@@ -185,6 +189,7 @@ class Daemon:
         )
         with self.lib.engine.begin() as conn:
             store.set_meta(conn, "status.last_scan_at", time.time())
+        self._update_view()
         log.info(
             "scan done: %d embedded, %d moved, %d removed, %d failed, %d unchanged",
             report.embedded,
@@ -317,6 +322,7 @@ class Daemon:
     def _drain(self) -> None:
         self._set_state("clustering")
         self.ingestor.drain(final=False)
+        self._update_view()
         self._dirty = False
         self._last_drain = time.monotonic()
         r = self.ingestor.report
@@ -337,6 +343,8 @@ class Daemon:
             self.reload_requested = True
         self._sync_roots()
         self._retry_pending()
+        if self.settings.view_dir and self.view.titles_changed(self.lib):
+            self._update_view()  # a cluster was named (or an update failed): folders follow
         self.ingestor.checkpoint()  # an idle daemon's file catches up within a minute
         self._publish()
         self.notifier.status(self._status_line())
@@ -367,6 +375,10 @@ class Daemon:
             for path in paths:
                 stmt = sqlite_insert(queue).values(path=path, due_at=at, enqueued_at=at)
                 conn.execute(stmt.on_conflict_do_nothing(index_elements=["path"]))
+
+    def _update_view(self) -> None:
+        """Bring the cluster view up to date (cheap when nothing changed; never raises)."""
+        self.view.update(self.lib, self.settings.view_dir, self.settings.view_mode, self._heartbeat)
 
     # --- helpers --------------------------------------------------------------------------
 

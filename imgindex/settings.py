@@ -27,6 +27,8 @@ class DaemonSettings:
     rescan_interval: float = 3600.0  # full reconciliation, with +-10 % jitter
     poll: float = 0.0  # > 0: poll every root every this many seconds instead of inotify
     ignore: tuple[str, ...] = field(default_factory=tuple)  # extra glob patterns (names)
+    view_dir: str = ""  # absolute path: a folder per cluster kept current there ("": off)
+    view_mode: str = "symlink"  # symlink | copy
 
     def ignores(self, name: str) -> bool:
         return any(fnmatch.fnmatch(name, pattern) for pattern in self.ignore)
@@ -41,6 +43,14 @@ def parse(name: str, raw: str) -> Any:
         raise ImgIndexError(f"unknown setting '{name}'; settings: {', '.join(NAMES)}")
     if name == "ignore":
         return tuple(p.strip() for p in raw.split(",") if p.strip())
+    if name == "view_dir":
+        if raw.strip() and not raw.startswith("/"):
+            raise ImgIndexError(f"view_dir {raw!r}: expected an absolute path, or '' for none")
+        return raw if raw.strip() else ""
+    if name == "view_mode":
+        if raw not in ("symlink", "copy"):
+            raise ImgIndexError(f"view_mode {raw!r}: expected symlink or copy")
+        return raw
     kind = int if name == "batch_size" else float
     try:
         value = kind(raw)

@@ -1,0 +1,103 @@
+"""One row per image for spreadsheets and Tableau: path, status, cluster, map coordinates.
+
+``rows`` gathers them (the coordinates come from :mod:`imgindex.atlas`, so the CSV, the JSON
+and the HTML report agree); ``write_csv`` and ``write_json`` write them to a file or stdout.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from sqlalchemy import select
+
+from imgindex.errors import ImgIndexError
+from imgindex.schema import STATUS_INDEXED, images
+
+FIELDS = ("path", "status", "reason", "cluster_id", "cluster_name", "x", "y")
+DIGITS = 5  # map coordinates are in [0, 1]
+
+
+def rows(lib: Any) -> list[dict[str, Any]]:
+    """Every image of the library, by path: ``FIELDS``, None where a value does not apply (the
+    cluster and coordinates of images that are not indexed, the reason of indexed ones)."""
+    from imgindex.atlas import library_map
+    from imgindex.clusterstore import display_name, titles
+
+    where = library_map(lib).lookup()
+    q = select(images.c.id, images.c.path, images.c.status, images.c.reason, images.c.cluster_id)
+    with lib.engine.connect() as conn:
+        named = titles(conn)
+        result = conn.execute(q.order_by(images.c.path)).all()
+    out = []
+    for r in result:
+        xy = where.get(r.id) if r.status == STATUS_INDEXED else None
+        cid = r.cluster_id if r.status == STATUS_INDEXED else None
+        out.append(
+            {
+                "path": r.path,
+                "status": r.status,
+                "reason": r.reason if r.status != STATUS_INDEXED else None,
+                "cluster_id": cid,
+                "cluster_name": None if cid is None else display_name(cid, named.get(cid)),
+                "x": None if xy is None else round(xy[0], DIGITS),
+                "y": None if xy is None else round(xy[1], DIGITS),
+            }
+        )
+    return out
+
+
+def write_csv(data: list[dict[str, Any]], fh: TextIO) -> None:
+    """RFC 4180 CSV with a header row; None is an empty field."""
+    writer = csv.DictWriter(fh, fieldnames=FIELDS, lineterminator="\r\n")
+    writer.writeheader()
+    writer.writerows(data)
+
+
+def write_json(data: list[dict[str, Any]], fh: TextIO) -> None:
+    """A JSON array of objects; None is null."""
+    json.dump(data, fh, indent=1, ensure_ascii=False)
+    fh.write("\n")
+
+
+def save(dest: str, writer: Callable[[list[dict[str, Any]], TextIO], None], data: list) -> None:
+    """Write ``data`` with ``writer`` to ``dest`` (``-``: stdout). A file is replaced whole
+    or not at all; failing to write it is an ``ImgIndexError`` naming it."""
+    if dest == "-":
+        buf = io.StringIO(newline="")
+        writer(data, buf)
+        sys.stdout.write(buf.getvalue())
+        sys.stdout.flush()
+        return
+    write_atomically(Path(dest), lambda fh: writer(data, fh), text=True)
+
+
+def write_atomically(path: Path, fill: Callable[[Any], None], *, text: bool) -> int:
+    """Create ``path`` through a temporary file beside it; its size in bytes."""
+    tmp: str | None = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        mode = "w" if text else "wb"
+        kwargs = {"encoding": "utf-8", "errors": "surrogateescape", "newline": ""} if text else {}
+        with os.fdopen(fd, mode, **kwargs) as fh:
+            fill(fh)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+        return path.stat().st_size
+    except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise ImgIndexError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
