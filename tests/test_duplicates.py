@@ -231,7 +231,7 @@ def test_vector_tier_through_an_ivf_index_finds_every_pair_above_the_threshold(t
 
 @pytest.mark.slow
 def test_near_duplicates_corpus_with_the_default_model(tmp_path):
-    root = corpus("near-duplicates")
+    root = corpus("near-duplicates").resolve()  # the library stores resolved paths
     data = tmp_path / "data"
     cli(data, "init", root)
     cli(data, "index")
