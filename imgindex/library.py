@@ -17,7 +17,7 @@ import numpy as np
 from sqlalchemy import Engine, delete, func, select, update
 
 from imgindex import store
-from imgindex.errors import ImgIndexError, LibraryNotFound, ModelMismatch
+from imgindex.errors import ImgIndexError, LibraryLocked, LibraryNotFound, ModelMismatch
 from imgindex.migrate import ensure_schema
 from imgindex.models import DEFAULT_MODEL, get_spec
 from imgindex.paths import LibraryPaths
@@ -214,6 +214,8 @@ class Library:
                 if vi is None or vi.seq < trimmed or vi.seq > head:
                     if vi is not None and vi.read_only and vi.seq < trimmed:
                         continue  # the writer saved a newer file meanwhile: open that
+                    if not self.writable and self._save_for_readers():
+                        continue  # built and saved while no writer ran: map it
                     vi = self._rebuild(conn, head)
                 elif vi.seq < head:
                     self._replay(conn, vi, head)
@@ -228,11 +230,33 @@ class Library:
         vi.apply(changed, *store.vectors_for(conn, changed.tolist(), self.dim), seq=head)
         log.debug("caught the vector index up with %d changed images", len(changed))
 
-    def _rebuild(self, conn: Any, head: int) -> VectorIndex:
-        """A new index of every indexed vector, of the kind the library size calls for."""
+    def _save_for_readers(self) -> bool:
+        """A reader that finds no usable file (a new or upgraded library) builds and saves one
+        when no writer runs, so the next command maps it instead of rebuilding it again."""
+        lock = store.WriteLock(self.paths.lock, "imgindex (building the vector index)")
+        try:
+            lock.acquire()
+        except (LibraryLocked, OSError):
+            return False  # a writer will save it (or the data dir is read-only to us)
+        try:
+            with self.engine.connect() as conn:
+                vi = self._rebuild(conn, store.log_position(conn)[0], kind_by_size=True)
+            vi.save(self.paths.root)
+            with self.engine.begin() as conn:
+                store.trim_log(conn, vi.seq)
+        except OSError as exc:
+            log.warning("could not save the vector index in %s: %s", self.paths.root, exc)
+            return False
+        finally:
+            lock.release()
+        return True
+
+    def _rebuild(self, conn: Any, head: int, kind_by_size: bool = False) -> VectorIndex:
+        """A new index of every indexed vector: of the kind the library size calls for when
+        it will be saved (the writer's), else exact (a reader's, in memory)."""
         n = store.count_indexed(conn)
         chunks = ((ids, x) for ids, x, _ in store.iter_vectors(conn, self.dim))
-        if n < self.flat_max or not self.writable:
+        if n < self.flat_max or not (self.writable or kind_by_size):
             vi = VectorIndex(self.dim, seq=head)
             for ids, x in chunks:
                 vi.add(ids, x)

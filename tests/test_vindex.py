@@ -163,3 +163,21 @@ def test_the_daemon_path_keeps_the_file_and_the_log_in_step(tmp_path):
         assert status["indexed"] == status["index_size"] == 11
         got = cli_json(data, "similar", files[1], "-k", "20")
         assert str(files[0].resolve()) not in {m["path"] for m in got} and len(got) == 10
+
+
+def test_a_reader_saves_a_missing_index_file_once_when_no_writer_runs(synthetic):
+    """After an upgrade (or a deleted cache) the first read command builds the file, of the
+    kind the size calls for, so later ones map it; with a writer running it only builds in
+    memory and leaves saving to the writer."""
+    add_vectors(synthetic, clustered(900, 9))
+    with Library.open(synthetic, write=True) as writer:
+        with Library.open(synthetic) as reader:
+            assert reader.vectors.size == 900 and not reader.vectors.read_only
+        assert list(index_files(synthetic)) == []
+        writer.close()  # no writer from here on
+        with Library.open(synthetic) as reader:
+            vi = reader.vectors
+            assert vi.read_only and vi.approximate and vi.size == 900
+        (seq, _), = index_files(synthetic)
+        with Library.open(synthetic) as reader:
+            assert reader.vectors.base_seq == seq  # mapped, not built again
