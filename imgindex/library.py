@@ -109,7 +109,7 @@ class Library:
         if write:
             for stale in paths.root.glob(".vectors.*.tmp"):
                 stale.unlink(missing_ok=True)  # left by a crash during a save
-            (paths.root / "vectors.faiss").unlink(missing_ok=True)  # before revision 0004
+            paths.legacy_index.unlink(missing_ok=True)
         return lib
 
     def _configure(self, roots: list[Path], *, k: str | None, model: str | None) -> None:

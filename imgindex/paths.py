@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DB_NAME = "imgindex.db"
-INDEX_NAME = "vectors.faiss"
+LEGACY_INDEX_NAME = "vectors.faiss"  # the FAISS file before revision 0004
 LOCK_NAME = "write.lock"
 WEIGHTS_DIR = "weights"
 SOCKET_NAME = "daemon.sock"
@@ -37,8 +37,9 @@ class LibraryPaths:
         return self.root / DB_NAME
 
     @property
-    def index(self) -> Path:
-        return self.root / INDEX_NAME
+    def legacy_index(self) -> Path:
+        """The FAISS file of versions before revision 0004 (now ``vectors.<seq>.faiss``)."""
+        return self.root / LEGACY_INDEX_NAME
 
     @property
     def lock(self) -> Path:

@@ -57,14 +57,14 @@ class VectorIndex:
         self._changed = np.empty(0, np.int64)
         self._delta = faiss.IndexIDMap(faiss.IndexFlatIP(dim))
         self._params: faiss.SearchParameters | None = None
+        self._sel: faiss.IDSelector | None = None  # kept alive: the params point to it
         self._hidden: int | None = None  # how many changed ids the base holds (lazy)
 
     # --- what it holds ------------------------------------------------------------------------
 
     @property
     def ivf(self) -> faiss.IndexIVF | None:
-        inner = faiss.try_extract_index_ivf(self.index)
-        return inner
+        return faiss.try_extract_index_ivf(self.index)
 
     @property
     def approximate(self) -> bool:
@@ -131,7 +131,7 @@ class VectorIndex:
             self._delta.add_with_ids(np.ascontiguousarray(vectors, np.float32), ids)
             sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(self._changed))
             self._params = _params_for(self.index, sel) if len(self._changed) else None
-            self._sel = sel  # the params hold a raw pointer: keep the selector alive
+            self._sel = sel
             self._hidden = None
         else:
             changed = np.asarray(changed, np.int64)
