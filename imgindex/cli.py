@@ -7,8 +7,8 @@ user can fix are printed as one ``error: ...`` line with exit status 1 at a sing
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 import sys
 import traceback
 from dataclasses import asdict
@@ -19,6 +19,7 @@ import typer
 from sqlalchemy.exc import DatabaseError
 from typer.core import TyperGroup
 
+from imgindex import names
 from imgindex.errors import ImgIndexError
 from imgindex.paths import resolve_data_dir
 
@@ -35,10 +36,13 @@ class _Boundary(TyperGroup):
     def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:  # `imgindex ... | head`: the reader has all it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(141) from None
         except (ImgIndexError, OSError, DatabaseError) as exc:
             if (ctx.obj or {}).get("verbose"):
                 traceback.print_exc()
-            typer.echo(f"error: {_message(exc)}", err=True)
+            typer.echo(f"error: {names.printable(_message(exc))}", err=True)
             raise typer.Exit(1) from None
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
@@ -125,7 +129,7 @@ def _open(ctx: typer.Context, *, write: bool = False, purpose: str = "imgindex")
 
 
 def _echo_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    typer.echo(names.dumps(data, indent=2))
 
 
 def _existing_dir(path: Path) -> Path:
@@ -160,7 +164,7 @@ def init(
     with Library.create(_data_dir(ctx), roots, k=_parse_k(k), model=model) as lib:
         typer.echo(
             f"library {lib.paths.root}: model {lib.model}, k {lib.k_setting}, "
-            f"roots {', '.join(map(str, lib.roots()))}",
+            f"roots {', '.join(names.shown(str(r)) for r in lib.roots())}",
             err=True,
         )
         typer.echo("next: imgindex index", err=True)
@@ -211,7 +215,7 @@ def _summary(report: Any, as_json: bool) -> None:
         err=True,
     )
     for root in report.frozen:
-        typer.echo(f"warning: {root} is unavailable; left untouched", err=True)
+        typer.echo(f"warning: {names.shown(root)} is unavailable; left untouched", err=True)
     if report.failed:
         typer.echo("see `imgindex status --failed` for the reasons", err=True)
 
@@ -284,7 +288,7 @@ def similar(
         )
         return
     for m in matches:
-        typer.echo(f"{m.score:.4f}  {m.path}")
+        typer.echo(f"{m.score:.4f}  {names.shown(m.path)}")
 
 
 @app.command()
@@ -335,7 +339,7 @@ def duplicates(
         typer.echo(f"group {i + 1}: {len(g.members)} images ({', '.join(g.reason)})")
         for m in g.members:
             bits = "-" if m.distance is None else m.distance
-            typer.echo(f"  {m.score:.4f}  {bits:>2}  {m.kind:<5}  {m.path}")
+            typer.echo(f"  {m.score:.4f}  {bits:>2}  {m.kind:<5}  {names.shown(m.path)}")
 
 
 @clusters_app.callback(invoke_without_command=True)
@@ -361,7 +365,8 @@ def clusters(
     for row in rows:
         title = display_name(row["id"], row)
         typer.echo(
-            f"{row['id']:>4}  {row['size']:>7}  {title}  " + "  ".join(row["representatives"])
+            f"{row['id']:>4}  {row['size']:>7}  {names.printable(title)}  "
+            + "  ".join(map(names.shown, row["representatives"]))
         )
 
 
@@ -382,10 +387,12 @@ def clusters_show(
     from imgindex.clusterstore import display_name
 
     typer.echo(
-        f"cluster {data['id']} ({display_name(data['id'], data)}): {data['size']} images", err=True
+        f"cluster {data['id']} ({names.printable(display_name(data['id'], data))}): "
+        f"{data['size']} images",
+        err=True,
     )
     for m in data["members"]:
-        typer.echo(m["path"])
+        typer.echo(names.shown(m["path"]))
 
 
 @clusters_app.command("name")
@@ -452,14 +459,15 @@ def status(
         _echo_json(data)
     elif failed:
         for row in data:
-            typer.echo(f"{row['path']}\t{row['status']}: {row['reason']}")
+            typer.echo(f"{names.shown(row['path'])}\t{row['status']}: {row['reason']}")
     else:
         for key, value in data.items():
             if key == "daemon":
                 value = value["state"] + (f" (pid {value['pid']})" if value["pid"] else "")
             if key == "roots":
                 value = ", ".join(
-                    r["path"] + ("" if r["available"] else " (unavailable)") for r in value
+                    names.shown(r["path"]) + ("" if r["available"] else " (unavailable)")
+                    for r in value
                 )
             typer.echo(f"{key:>14}: {value}")
 
@@ -604,8 +612,9 @@ def report(
     with _open(ctx) as lib:
         done = write(lib, out, thumbs_max=thumbnails)
     typer.echo(
-        f"{done.path.resolve()} ({human_size(done.size)}): {done.points} points, {done.clusters} "
-        f"clusters, {done.thumbnails} thumbnails, {done.seconds:.1f} s",
+        f"{names.shown(str(done.path.resolve()))} ({human_size(done.size)}): "
+        f"{done.points} points, {done.clusters} clusters, {done.thumbnails} thumbnails, "
+        f"{done.seconds:.1f} s",
         err=True,
     )
 

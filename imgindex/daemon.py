@@ -24,8 +24,10 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from imgindex import settings, store
+from imgindex.errors import ImgIndexError
 from imgindex.ingest import Ingestor, root_available, root_of
 from imgindex.library import Library
+from imgindex.names import shown
 from imgindex.notify import Notifier
 from imgindex.scan import is_ignored
 from imgindex.schema import STATUS_PENDING, images, queue
@@ -309,7 +311,7 @@ class Daemon:
         ):
             return False  # more are coming: wait up to batch_seconds to fill the batch
         self._set_state("indexing")
-        self.ingestor.refresh_paths([r.path for r in rows])
+        self._refresh([r.path for r in rows])
         with self.lib.engine.begin() as conn:
             for r in rows:
                 conn.execute(
@@ -318,6 +320,22 @@ class Daemon:
         self._dirty = True
         self._set_state("watching")
         return len(rows) == limit
+
+    def _refresh(self, paths: list[str]) -> None:
+        """Bring these paths up to date; a path that makes this fail even alone is logged and
+        left to the next rescan instead of stopping the daemon (and again at every restart)."""
+        try:
+            self.ingestor.refresh_paths(paths)
+            return
+        except ImgIndexError:
+            raise
+        except Exception as exc:
+            if len(paths) == 1:
+                log.error("cannot process %s: %r; left to the next rescan", shown(paths[0]), exc)
+                return
+            log.warning("a batch of %d paths failed (%r); one by one", len(paths), exc)
+        for path in paths:
+            self._refresh([path])
 
     def _drain(self) -> None:
         self._set_state("clustering")

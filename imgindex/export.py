@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import sys
 import tempfile
@@ -18,6 +17,7 @@ from typing import Any, TextIO
 
 from sqlalchemy import select
 
+from imgindex import names
 from imgindex.errors import ImgIndexError
 from imgindex.schema import STATUS_INDEXED, images
 
@@ -62,8 +62,8 @@ def write_csv(data: list[dict[str, Any]], fh: TextIO) -> None:
 
 
 def write_json(data: list[dict[str, Any]], fh: TextIO) -> None:
-    """A JSON array of objects; None is null."""
-    json.dump(data, fh, indent=1, ensure_ascii=False)
+    """A JSON array of objects; None is null; paths as ``imgindex.names.dumps`` gives them."""
+    fh.write(names.dumps(data, indent=1))
     fh.write("\n")
 
 

@@ -19,14 +19,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sqlalchemy import Connection, select, update
 
-from imgindex import organize, store
+from imgindex import names, organize, store
 from imgindex.decode import DEFAULT_MAX_PIXELS, decode_for_model
 from imgindex.errors import DecodeFailure, NotInLibrary
 from imgindex.library import Library
@@ -74,6 +74,7 @@ class Prepared:
     source: int | None = None  # id of a row with the same content, for ``known``
     phash: int | None = None  # perceptual hash of the decoded picture
     label: int | None = None  # ImageNet top-1 class, once embedded (models with a head)
+    vector: np.ndarray | None = None  # once embedded
 
 
 class Ingestor:
@@ -204,8 +205,16 @@ class Ingestor:
             self._local = threading.local()
 
     def _prepare(self, item: tuple[int, FileStat]) -> Prepared:
-        """Runs in a worker thread: read, verify stable, hash, look up, decode."""
+        """Runs in a worker thread: read, verify stable, hash, look up, decode. Whatever goes
+        wrong is this file's failure, with the reason."""
         root_id, fs = item
+        try:
+            return self._prepare_file(root_id, fs)
+        except Exception as exc:
+            log.warning("cannot prepare %s: %r", names.shown(fs.path), exc)
+            return Prepared(root_id, fs, "failed", reason=f"unexpected error: {exc!r}")
+
+    def _prepare_file(self, root_id: int, fs: FileStat) -> Prepared:
         try:
             with open(fs.path, "rb") as fh:
                 head = fh.read(64)
@@ -257,18 +266,34 @@ class Ingestor:
         ).fetchone()
         return None if row is None else row[0]
 
-    def _embed(self, batch: list[Prepared]) -> np.ndarray:
-        """Vectors of a batch; each file's ImageNet top-1 class is set on it on the way."""
+    def _embed(self, batch: list[Prepared]) -> None:
+        """Set each decoded file's vector (and ImageNet top-1 class, for models with a head).
+        When the model fails on the batch, each file is tried alone, so the file it cannot
+        take fails by itself with the model's reason."""
         if not batch:
-            return np.empty((0, self.lib.dim), dtype=np.float32)
+            return
+        try:
+            self._embed_all(batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                log.warning("model failed on %s: %s", names.shown(batch[0].fs.path), exc)
+                batch[0].kind, batch[0].reason = "failed", f"the model failed on it: {exc}"
+                return
+            for p in batch:
+                self._embed([p])
+
+    def _embed_all(self, batch: list[Prepared]) -> None:
         pixels = np.stack([p.pixels for p in batch])
         labelled = getattr(self._load_embedder(), "embed_labelled", None)
         if labelled is None:
-            return self._embed_pixels(pixels)
-        vectors, labels = labelled(pixels)
-        for p, label in zip(batch, labels, strict=True):
-            p.label = int(label)
-        return vectors
+            vectors, labels = self._embed_pixels(pixels), [None] * len(batch)
+        else:
+            vectors, labels = labelled(pixels)
+        if len(vectors) != len(batch) or not np.isfinite(vectors).all():
+            raise ValueError("it gave no finite vector")
+        for p, vector, label in zip(batch, vectors, labels, strict=True):
+            p.vector = np.asarray(vector, dtype=np.float32)
+            p.label = None if label is None else int(label)
 
     def _embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         return self._load_embedder().embed(pixels)
@@ -286,14 +311,38 @@ class Ingestor:
         if not batch:
             return
         self.lib.vectors  # noqa: B018 - caught up *before* this batch commits
-        to_embed = [p for p in batch if p.kind == "decoded"]
-        vectors = dict(zip((id(p) for p in to_embed), self._embed(to_embed), strict=True))
+        self._embed([p for p in batch if p.kind == "decoded"])
+        self._commit_isolated(batch)
+        self.lib.sync_index()
+        if self.progress:
+            self.progress(len(batch))
+        self.checkpoint()
+
+    def _commit_isolated(self, batch: list[Prepared]) -> None:
+        """Commit the batch in one transaction; when that fails, commit each file alone, and
+        record a file that cannot be written even alone as failed: one file never fails the
+        others."""
+        before = replace(self.report, frozen=list(self.report.frozen))
+        try:
+            self._commit(batch)
+            return
+        except Exception as exc:
+            self.report = before  # the counts of the rolled-back transaction
+            if len(batch) == 1:
+                self._commit_failure(batch[0], exc)
+                return
+            log.warning("a batch of %d files failed (%s); writing them one by one", len(batch), exc)
+        for p in batch:
+            self._commit_isolated([p])
+
+    def _commit(self, batch: list[Prepared]) -> None:
+        embedded = sum(p.kind == "decoded" for p in batch)
         added: list[tuple[int, np.ndarray]] = []
         removed: list[int] = []
-        self._dropped: dict[str, Any] = {}
+        self._dropped = {}
         with self.lib.engine.begin() as conn:
             for p in batch:
-                self._apply(conn, p, vectors.get(id(p)), added, removed)
+                self._apply(conn, p, p.vector, added, removed)
             gone = set(removed)  # a row added and replaced within this batch is not added
             added = [(i, v) for i, v in added if i not in gone]
             if added:
@@ -301,12 +350,17 @@ class Ingestor:
                 new_vecs = np.stack([v for _, v in added])
                 n = self.lib.vectors.size + len(added) - len(gone)
                 organize.after_batch(conn, self.lib.k_setting, self.lib.dim, new_ids, new_vecs, n)
-            store.add_to_counter(conn, "embedded_total", len(to_embed))
-        self.lib.sync_index()
-        self.report.embedded += len(to_embed)
-        if self.progress:
-            self.progress(len(batch))
-        self.checkpoint()
+            store.add_to_counter(conn, "embedded_total", embedded)
+        self.report.embedded += embedded
+
+    def _commit_failure(self, p: Prepared, exc: BaseException) -> None:
+        """Record ``p`` as failed with ``exc`` as its reason (its own transaction)."""
+        log.warning("cannot store %s: %s", names.shown(p.fs.path), exc)
+        failed = Prepared(p.root_id, p.fs, "failed", p.content_hash, reason=f"cannot store: {exc}")
+        try:
+            self._commit([failed])
+        except Exception as again:  # not even as failed: it is found again by the next pass
+            log.error("cannot record %s as failed: %s", names.shown(p.fs.path), again)
 
     def _apply(
         self, conn: Connection, p: Prepared, vector: np.ndarray | None, added: list, removed: list

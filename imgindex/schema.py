@@ -3,6 +3,8 @@ migrations in ``migrations/``; ``tests/test_migrations.py`` checks that both agr
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     Column,
     Float,
@@ -13,7 +15,28 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
+    TypeDecorator,
 )
+
+from imgindex import names
+
+
+class FsPath(TypeDecorator[str]):
+    """A file name, stored losslessly: TEXT when it is valid UTF-8 (every library before),
+    else its raw bytes as a BLOB (SQLite keeps a BLOB as it is in a TEXT column), read back as
+    the surrogate-escaped ``str`` that Python's file functions take (see ``imgindex.names``)."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        if isinstance(value, str) and not names.is_utf8(value):
+            return names.to_bytes(value)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Any) -> Any:
+        return names.from_bytes(value) if isinstance(value, bytes) else value
+
 
 metadata = MetaData()
 
@@ -30,7 +53,7 @@ roots = Table(
     "roots",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("path", Text, nullable=False, unique=True),
+    Column("path", FsPath, nullable=False, unique=True),
     Column("added_at", Float, nullable=False),
 )
 
@@ -40,7 +63,7 @@ images = Table(
     "images",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("path", Text, nullable=False, unique=True),
+    Column("path", FsPath, nullable=False, unique=True),
     Column("root_id", Integer, ForeignKey("roots.id", ondelete="CASCADE"), nullable=False),
     Column("size", Integer, nullable=False),
     Column("mtime_ns", Integer, nullable=False),
@@ -88,7 +111,7 @@ cluster_labels = Table(
 queue = Table(
     "queue",
     metadata,
-    Column("path", Text, primary_key=True),
+    Column("path", FsPath, primary_key=True),
     Column("due_at", Float, nullable=False),
     Column("enqueued_at", Float, nullable=False),
 )

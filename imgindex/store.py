@@ -17,7 +17,9 @@ import numpy as np
 from sqlalchemy import (
     Connection,
     Engine,
+    LargeBinary,
     bindparam,
+    cast,
     create_engine,
     delete,
     event,
@@ -28,6 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from imgindex import names
 from imgindex.errors import LibraryLocked
 from imgindex.schema import STATUS_INDEXED, images, index_log, meta, roots
 
@@ -263,10 +266,9 @@ def stack_blobs(blobs: list[bytes], dim: int) -> np.ndarray:
 
 def paths_at_or_under(conn: Connection, path: str) -> list[str]:
     """Rows whose path is ``path`` or inside the folder ``path``."""
-    prefix = path.rstrip(os.sep) + os.sep
-    q = select(images.c.path).where(
-        (images.c.path == path) | (func.substr(images.c.path, 1, len(prefix)) == prefix)
-    )
+    prefix = names.to_bytes(path.rstrip(os.sep) + os.sep)  # compared as bytes: see FsPath
+    head = func.substr(cast(images.c.path, LargeBinary), 1, len(prefix))
+    q = select(images.c.path).where((images.c.path == path) | (head == prefix))
     return list(conn.execute(q).scalars())
 
 
