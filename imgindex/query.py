@@ -25,10 +25,9 @@ def similar_to(
         raise ImgIndexError(f"{photo}: no such file")
     if k < 1:
         raise ImgIndexError(f"-k {k}: expected at least 1")
-    stored = lib.stored_vector(path) or lib.stored_vector(path.resolve())
-    if stored is not None:
-        own_id, vector = stored
-        return lib.search(vector, k, exclude=own_id)
+    found = lib.search_stored([path, path.resolve()], k)
+    if found is not None:
+        return found
     if weights is None:  # the daemon uses its own weights: not when the user names a file
         answer = ask_similar(lib.paths, path, k)
         if answer is not None:
