@@ -70,6 +70,7 @@ class Daemon:
         self._last_house = 0.0
         self._last_drain = 0.0
         self._dirty = False
+        self._cut_short = False  # the ingestor stopped a pass early (SIGTERM)
         self._config_version = ""
         self.service: QueryService | None = None
         self.view = ViewKeeper()  # the cluster view in settings.view_dir, when set
@@ -140,7 +141,7 @@ class Daemon:
             weights=self.weights,
             embedder=getattr(self, "ingestor", None) and self.ingestor._embedder,
             progress=lambda _n: self._heartbeat(),
-            should_stop=lambda: self.stop_requested,
+            should_stop=self._stopping,
             defer=self._deferred,
         )
         jitter = random.uniform(0.9, 1.1)
@@ -183,6 +184,7 @@ class Daemon:
     def rescan(self) -> None:
         """Full reconciliation of every root with the disk."""
         self._set_state("scanning")
+        self._cut_short = False
         report = self.ingestor.run()
         self._dirty = False
         self._last_drain = time.monotonic()
@@ -193,7 +195,8 @@ class Daemon:
             store.set_meta(conn, "status.last_scan_at", time.time())
         self._update_view()
         log.info(
-            "scan done: %d embedded, %d moved, %d removed, %d failed, %d unchanged",
+            "scan %s: %d embedded, %d moved, %d removed, %d failed, %d unchanged",
+            "interrupted" if self._cut_short else "done",
             report.embedded,
             report.moved,
             report.removed,
@@ -201,6 +204,11 @@ class Daemon:
             report.unchanged,
         )
         self._set_state("watching")
+
+    def _stopping(self) -> bool:
+        """The ingestor's question: stop now? A yes means the pass ends early (remembered)."""
+        self._cut_short = self._cut_short or self.stop_requested
+        return self.stop_requested
 
     def _absorb(self, events: list[RawEvent]) -> None:
         """Watcher events become queue rows; renames are followed in the database at once."""

@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Connection, Engine, delete, func, select, update
 
 from imgindex import store
 from imgindex.errors import ImgIndexError, LibraryLocked, LibraryNotFound, ModelMismatch
@@ -35,6 +37,8 @@ from imgindex.vindex import FLAT_MAX, VectorIndex, build_ivf, index_files, nlist
 log = logging.getLogger(__name__)
 
 K_AUTO = "auto"
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -201,15 +205,54 @@ class Library:
     @property
     def vectors(self) -> VectorIndex:
         """The FAISS index, caught up with SQLite. The writer holds it in memory and changes
-        it; a reader memory-maps the newest file and overlays the changes made since."""
+        it; a reader memory-maps the newest file and overlays the changes made since (as of
+        now: ``read`` gives the index and the rows of one snapshot together)."""
+        if not self.writable:
+            return self.read(lambda _conn, vi: vi)
+        return self._loaded()
+
+    def _loaded(self) -> VectorIndex:
         if self._vindex is None:
             self._vindex = self._load_index()
         return self._vindex
 
+    @contextmanager
+    def snapshot(self) -> Iterator[Connection]:
+        """One read transaction: every read on the connection sees the same commits (WAL)."""
+        with self.engine.connect() as conn, conn.begin():
+            if not conn.connection.dbapi_connection.in_transaction:
+                conn.exec_driver_sql("BEGIN")  # pysqlite runs a SELECT in autocommit otherwise
+            yield conn
+
+    def read(self, fn: Callable[[Connection, VectorIndex], T]) -> T:
+        """``fn(conn, index)`` in one read snapshot with the index caught up to exactly that
+        snapshot, so an answer never mixes two states of the library."""
+        for _attempt in range(5):
+            vi = self._loaded()  # a file is opened before the snapshot: never newer than it
+            with self.snapshot() as conn:
+                if self._catch_up(conn, vi):
+                    return fn(conn, vi)
+            self._vindex = None  # superseded by a newer file: map that one
+        raise ImgIndexError(f"{self.paths.root}: the index keeps changing under us; try again")
+
+    def _catch_up(self, conn: Connection, vi: VectorIndex) -> bool:
+        """Bring ``vi`` to the log position of ``conn``'s snapshot; False when it cannot be
+        (its file is older than the log's trimmed rows) or a reader should map a newer file."""
+        head, trimmed = store.log_position(conn)
+        if not trimmed <= (vi.base_seq if vi.read_only else vi.seq) <= head:
+            return False
+        if not self.writable:
+            newest = max((s for s, _ in index_files(self.paths.root)), default=-1)
+            if newest > vi.base_seq:
+                return False
+        if vi.seq != head:
+            self._replay(conn, vi, head)
+        return True
+
     def _load_index(self) -> VectorIndex:
         for _attempt in range(3):
             vi = VectorIndex.open_latest(self.paths.root, self.dim, mmap=not self.writable)
-            with self.engine.connect() as conn:
+            with self.snapshot() as conn:
                 head, trimmed = store.log_position(conn)
                 if vi is None or vi.seq < trimmed or vi.seq > head:
                     if vi is not None and vi.read_only and vi.seq < trimmed:
@@ -217,7 +260,7 @@ class Library:
                     if not self.writable and self._save_for_readers():
                         continue  # built and saved while no writer ran: map it
                     vi = self._rebuild(conn, head)
-                elif vi.seq < head:
+                elif vi.seq < head and not vi.read_only:  # a reader's overlay: see ``read``
                     self._replay(conn, vi, head)
             self.save_index(vi)  # the writer's file, when it was behind
             return vi
@@ -297,17 +340,10 @@ class Library:
             return int(store.get_meta(conn, "index.flat_max", FLAT_MAX) or FLAT_MAX)
 
     def refresh(self) -> None:
-        """Bring a long-lived reader up to date with the writer's changes (cheap when none)."""
-        if self._vindex is None or not self._vindex.read_only:
-            return
-        with self.engine.connect() as conn:
-            head, trimmed = store.log_position(conn)
-        newest = max((s for s, _ in index_files(self.paths.root)), default=-1)
-        if newest > self._vindex.base_seq or self._vindex.base_seq < trimmed:
-            self._vindex = None  # a newer file: map that one instead
-        elif head != self._vindex.seq:
-            with self.engine.connect() as conn:
-                self._replay(conn, self._vindex, head)
+        """Bring a long-lived reader up to date with the writer's changes (cheap when none;
+        every ``read`` does it too)."""
+        if not self.writable:
+            self.read(lambda _conn, _vi: None)
 
     def save_index(self, vi: VectorIndex | None = None) -> None:
         """Write the writer's index if it changed since its file, then trim the log."""
@@ -327,15 +363,17 @@ class Library:
             return [p for _, p in store.list_roots(conn)]
 
     def status(self) -> dict[str, Any]:
-        """Settings and counts, as ``imgindex status`` shows them."""
-        with self.engine.connect() as conn:
-            counts = store.count_by_status(conn)
-            settings = store.all_meta(conn)
-            n_clusters = conn.execute(select(func.count()).select_from(clusters)).scalar()
-            queued = conn.execute(select(func.count()).select_from(queue)).scalar()
+        """Settings and counts, as ``imgindex status`` shows them (all from one snapshot)."""
+        return self.read(self._status)
+
+    def _status(self, conn: Connection, vi: VectorIndex) -> dict[str, Any]:
+        counts = store.count_by_status(conn)
+        settings = store.all_meta(conn)
+        n_clusters = conn.execute(select(func.count()).select_from(clusters)).scalar()
+        queued = conn.execute(select(func.count()).select_from(queue)).scalar()
         return {
             "data_dir": str(self.paths.root),
-            "roots": [{"path": str(p), "available": p.is_dir()} for p in self.roots()],
+            "roots": [{"path": str(p), "available": p.is_dir()} for _, p in store.list_roots(conn)],
             "model": self.model,
             "dim": self.dim,
             "k": self.k_setting,
@@ -343,8 +381,8 @@ class Library:
             "indexed": counts.get(STATUS_INDEXED, 0),
             "failed": counts.get(STATUS_FAILED, 0),
             "pending": counts.get(STATUS_PENDING, 0),
-            "index_size": self.vectors.size,
-            "index_kind": self.vectors.kind,
+            "index_size": vi.size,
+            "index_kind": vi.kind,
             "embedded_total": int(settings.get("embedded_total", "0")),
             "queued": queued,
             "daemon": self._daemon_status(settings.get("status.daemon")),
@@ -372,10 +410,21 @@ class Library:
         with self.engine.connect() as conn:
             return [{"path": p, "reason": r, "status": s} for p, r, s in conn.execute(q)]
 
-    def stored_vector(self, path: Path) -> tuple[int, np.ndarray] | None:
+    def search_stored(self, paths: list[Path], k: int = 10) -> list[Match] | None:
+        """The ``k`` nearest images to the first of ``paths`` that is indexed and unchanged,
+        by its stored vector, in one snapshot with the search; None when none is."""
+
+        def run(conn: Connection, vi: VectorIndex) -> list[Match] | None:
+            for path in paths:
+                if (stored := self._stored_vector(conn, path)) is not None:
+                    return self._search(conn, vi, stored[1], k, exclude=stored[0])
+            return None
+
+        return self.read(run)
+
+    def _stored_vector(self, conn: Connection, path: Path) -> tuple[int, np.ndarray] | None:
         """``(id, vector)`` of an indexed, unchanged file, or None."""
-        with self.engine.connect() as conn:
-            row = store.find_by_path(conn, str(path))
+        row = store.find_by_path(conn, str(path))
         if row is None or row.status != STATUS_INDEXED or row.model != self.model:
             return None
         st = path.stat()
@@ -384,17 +433,25 @@ class Library:
         return row.id, store.blob_to_vector(row.vector)
 
     def search(self, vector: np.ndarray, k: int = 10, exclude: int | None = None) -> list[Match]:
-        """The ``k`` nearest indexed images to ``vector`` (cosine), best first. Candidates of
-        an approximate (IVF) index are re-scored with their exact vectors from SQLite."""
-        vi = self.vectors
-        want = k + (exclude is not None)
-        _scores, ids = vi.search(vector, vi.candidates(want))
-        found = [int(i) for i in ids[0] if i >= 0 and i != exclude]
+        """The ``k`` nearest indexed images to ``vector`` (cosine), best first, read from one
+        snapshot. Candidates of an approximate (IVF) index are re-scored with their exact
+        vectors from SQLite."""
+        return self.read(lambda conn, vi: self._search(conn, vi, vector, k, exclude))
+
+    def _search(
+        self, conn: Connection, vi: VectorIndex, vector: np.ndarray, k: int, exclude: int | None
+    ) -> list[Match]:
         q = select(images.c.id, images.c.path, images.c.cluster_id, images.c.vector)
-        with self.engine.connect() as conn:
+        n = vi.candidates(k + (exclude is not None))
+        while True:
+            _scores, ids = vi.search(vector, n)
+            found = [int(i) for i in ids[0] if i >= 0 and i != exclude]
             rows = conn.execute(
                 q.where(images.c.id.in_(found), images.c.status == STATUS_INDEXED)
             ).all()
+            if len(rows) >= k or np.count_nonzero(ids[0] >= 0) < n:
+                break
+            n *= 2  # some candidates were not indexed (a stale index): ask for more
         if not rows:
             return []
         exact = store.stack_blobs([r.vector for r in rows], self.dim) @ np.ravel(vector)

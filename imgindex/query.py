@@ -3,6 +3,8 @@ daemon embeds it (model already loaded, see ``imgindex.service``); else embed it
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,19 +23,32 @@ def similar_to(
 ) -> list[Match]:
     """The ``k`` nearest images to ``photo``, which need not be in the library."""
     path = photo.expanduser().absolute()
-    if not path.is_file():
-        raise ImgIndexError(f"{photo}: no such file")
+    check_regular_file(photo, path)
     if k < 1:
         raise ImgIndexError(f"-k {k}: expected at least 1")
-    stored = lib.stored_vector(path) or lib.stored_vector(path.resolve())
-    if stored is not None:
-        own_id, vector = stored
-        return lib.search(vector, k, exclude=own_id)
+    found = lib.search_stored([path, path.resolve()], k)
+    if found is not None:
+        return found
     if weights is None:  # the daemon uses its own weights: not when the user names a file
         answer = ask_similar(lib.paths, path, k)
         if answer is not None:
             return answer
     return lib.search(embed_file(lib, path, weights), k)
+
+
+def check_regular_file(photo: Path, path: Path) -> None:
+    """Refuse what is not a regular file before opening it (a FIFO would block the read,
+    ``/dev/zero`` never end)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ImgIndexError(f"{photo}: no such file") from None
+    except OSError as exc:
+        raise ImgIndexError(f"{photo}: cannot read ({exc.strerror})") from None
+    if stat.S_ISDIR(mode):
+        raise ImgIndexError(f"{photo}: is a directory, not a photo")
+    if not stat.S_ISREG(mode):
+        raise ImgIndexError(f"{photo}: not a regular file")
 
 
 def embed_file(lib: Library, path: Path, weights: Path | None = None) -> np.ndarray:

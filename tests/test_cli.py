@@ -163,6 +163,22 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, library):
         assert result.stdout == ""
 
 
+def test_similar_refuses_what_is_not_a_regular_file_without_reading_it(tmp_path, library):
+    """A folder, a FIFO nobody writes to and /dev/zero: one error line each, at once."""
+    photos, data = library
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    cases = [
+        (photos / "reds", "is a directory"),
+        (fifo, "not a regular file"),
+        (Path("/dev/zero"), "not a regular file"),
+    ]
+    for target, needle in cases:
+        result = run_process("--data-dir", data, "similar", target, timeout=60)
+        assert result.returncode == 1 and needle in result.stderr, result.stderr
+        assert result.stderr.startswith(f"error: {target}: ") and result.stderr.count("\n") == 1
+
+
 def test_a_second_writer_is_refused_while_the_lock_is_held(library):
     from imgindex.library import Library
 

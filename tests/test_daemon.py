@@ -185,6 +185,18 @@ def test_kill_9_during_ingestion_then_restart_indexes_everything_once(lib):
     assert all(Path(p).exists() for p in paths)
 
 
+def test_a_scan_stopped_by_sigterm_logs_interrupted_not_done(lib):
+    photos, data = lib
+    make_photos(photos / "many", "red", 300)
+    d = DaemonProcess(data, "--batch-size", "2", "--workers", "1")
+    d.wait_ready()
+    wait_for(lambda: row_count(data) > 4, 60, d.log_text)  # the start-up scan is embedding
+    assert d.stop(timeout=30) == 0  # SIGTERM
+    text = d.log_text()
+    assert row_count(data) < 304, "the scan ended before the signal: nothing was interrupted"
+    assert "scan interrupted: " in text and "scan done" not in text, text
+
+
 def test_changes_while_stopped_are_caught_at_start(lib):
     photos, data = lib
     with DaemonProcess(data):
