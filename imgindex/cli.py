@@ -124,6 +124,14 @@ def _open(ctx: typer.Context, *, write: bool = False, purpose: str = "imgindex")
     return Library.open(_data_dir(ctx), write=write, purpose=purpose)
 
 
+def _require_writable(lib: Any) -> None:
+    if lib.read_only:
+        raise ImgIndexError(
+            f"the library in {lib.paths.root} is read-only here; a user who can write it "
+            "must make this change"
+        )
+
+
 def _echo_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
@@ -400,8 +408,10 @@ def clusters_name(
 
     if (name is None) == (not clear):
         raise ImgIndexError("give a NAME, or --clear to remove the cluster's name")
-    with _open(ctx) as lib, lib.engine.begin() as conn:
-        name_cluster(conn, cluster_id, None if clear else name)
+    with _open(ctx) as lib:
+        _require_writable(lib)
+        with lib.engine.begin() as conn:
+            name_cluster(conn, cluster_id, None if clear else name)
 
 
 @clusters_app.command("export")
@@ -513,6 +523,7 @@ def config(
 
     with _open(ctx) as lib:
         if value is not None:
+            _require_writable(lib)
             with lib.engine.begin() as conn:
                 settings.save(conn, name or "", value)
         with lib.engine.connect() as conn:
