@@ -36,6 +36,7 @@ from imgindex.vindex import FLAT_MAX, VectorIndex, build_ivf, index_files, nlist
 log = logging.getLogger(__name__)
 
 K_AUTO = "auto"
+K_MAX = 4096  # the most clusters `init --k` accepts (fits cap k at half the images, see organize)
 
 
 @dataclass(frozen=True)
