@@ -142,7 +142,7 @@ def cache_key(conn: Any, model: str, ids: np.ndarray, tsne_max: int) -> str:
 
 def library_map(lib: Any, tsne_max: int = TSNE_MAX) -> Atlas:
     """The map of an open library, from the cache when it is current, else computed (and
-    cached: a data directory that cannot be written only costs the cache)."""
+    cached, unless the library was opened read-only: a reader never writes its folder)."""
     path = Path(lib.paths.root) / MAP_NAME
     with lib.engine.connect() as conn:
         ids = store.indexed_ids(conn)
@@ -155,7 +155,10 @@ def library_map(lib: Any, tsne_max: int = TSNE_MAX) -> Atlas:
     log.info(
         "map of %d images (%s) in %.1f s", len(ids), atlas.method, time.perf_counter() - started
     )
-    _save(path, key, atlas)
+    if lib.read_only:  # a data directory we may not write: nothing is cached
+        log.debug("map not cached: %s is read-only here", lib.paths.root)
+    else:
+        _save(path, key, atlas)
     return atlas
 
 

@@ -128,6 +128,14 @@ def _open(ctx: typer.Context, *, write: bool = False, purpose: str = "imgindex")
     return Library.open(_data_dir(ctx), write=write, purpose=purpose)
 
 
+def _require_writable(lib: Any) -> None:
+    if lib.read_only:
+        raise ImgIndexError(
+            f"the library in {lib.paths.root} is read-only here; a user who can write it "
+            "must make this change"
+        )
+
+
 def _echo_json(data: Any) -> None:
     typer.echo(names.dumps(data, indent=2))
 
@@ -139,11 +147,29 @@ def _existing_dir(path: Path) -> Path:
 
 
 def _parse_k(k: str | None) -> str | None:
+    from imgindex.library import K_MAX
+
     if k is None or k == "auto":
         return k
-    if not k.isdigit() or int(k) < 1:
-        raise ImgIndexError(f"--k {k}: expected a whole number of clusters >= 1, or 'auto'")
+    if not (k.isascii() and k.isdigit()) or not 1 <= int(k) <= K_MAX:
+        raise ImgIndexError(
+            f"--k {k}: expected a whole number of clusters from 1 to {K_MAX}, or 'auto'"
+        )
     return str(int(k))
+
+
+def _setting(name: str) -> Any:
+    """A Typer callback: a daemon flag must be a valid value of the setting it overrides."""
+
+    def check(value: Any) -> Any:
+        from imgindex import settings
+
+        try:
+            return None if value is None else settings.check(name, value)
+        except ImgIndexError as exc:
+            raise typer.BadParameter(str(exc)) from None
+
+    return check
 
 
 @app.command()
@@ -220,11 +246,14 @@ def _summary(report: Any, as_json: bool) -> None:
         typer.echo("see `imgindex status --failed` for the reasons", err=True)
 
 
-BatchOpt = Annotated[int, typer.Option(min=1, help="Images per model batch.")]
+BatchOpt = Annotated[int, typer.Option(min=1, max=4096, help="Images per model batch.")]
 WorkersOpt = Annotated[
-    int | None, typer.Option(min=1, help="Decode threads [default: cores, 2-8].")
+    int | None, typer.Option(min=1, max=256, help="Decode threads [default: cores, 2-8].")
 ]
-PixelsOpt = Annotated[int, typer.Option(help="Refuse images with more pixels than this.")]
+PixelsOpt = Annotated[
+    int, typer.Option(min=1, max=10**12, help="Refuse images with more pixels than this.")
+]
+ClusterId = Annotated[int, typer.Argument(metavar="ID", min=1, max=2**63 - 1, help="Cluster id.")]
 WeightsOpt = Annotated[Path | None, typer.Option(help="Model weights file (no download).")]
 
 
@@ -273,7 +302,9 @@ def reindex(
 def similar(
     ctx: typer.Context,
     photo: Annotated[Path, typer.Argument(help="A photo, in the library or not.")],
-    k: Annotated[int, typer.Option("-k", "--top", help="How many neighbours.")] = 10,
+    k: Annotated[
+        int, typer.Option("-k", "--top", min=1, max=10_000, help="How many neighbours.")
+    ] = 10,
     weights: WeightsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -373,7 +404,7 @@ def clusters(
 @clusters_app.command("show")
 def clusters_show(
     ctx: typer.Context,
-    cluster_id: Annotated[int, typer.Argument(metavar="ID", help="Cluster id.")],
+    cluster_id: ClusterId,
     as_json: JsonOpt = False,
 ) -> None:
     """Every member of cluster ID, nearest to its centre first."""
@@ -398,7 +429,7 @@ def clusters_show(
 @clusters_app.command("name")
 def clusters_name(
     ctx: typer.Context,
-    cluster_id: Annotated[int, typer.Argument(metavar="ID", help="Cluster id.")],
+    cluster_id: ClusterId,
     name: Annotated[str | None, typer.Argument(help="The name, e.g. 'Beach 2024'.")] = None,
     clear: Annotated[bool, typer.Option("--clear", help="Remove the name.")] = False,
 ) -> None:
@@ -407,8 +438,10 @@ def clusters_name(
 
     if (name is None) == (not clear):
         raise ImgIndexError("give a NAME, or --clear to remove the cluster's name")
-    with _open(ctx) as lib, lib.engine.begin() as conn:
-        name_cluster(conn, cluster_id, None if clear else name)
+    with _open(ctx) as lib:
+        _require_writable(lib)
+        with lib.engine.begin() as conn:
+            name_cluster(conn, cluster_id, None if clear else name)
 
 
 @clusters_app.command("export")
@@ -477,18 +510,32 @@ def daemon(
     ctx: typer.Context,
     poll: Annotated[
         float | None,
-        typer.Option(help="Poll every root every SECONDS instead of inotify (network shares)."),
+        typer.Option(
+            callback=_setting("poll"),
+            help="Poll every root every SECONDS instead of inotify (network shares).",
+        ),
     ] = None,
     debounce: Annotated[
-        float | None, typer.Option(help="Quiet period after a file is closed, in seconds.")
+        float | None,
+        typer.Option(
+            callback=_setting("debounce"), help="Quiet period after a file is closed, in seconds."
+        ),
     ] = None,
     rescan_interval: Annotated[
         float | None,
-        typer.Option(help="Seconds between full rescans (default 3600, +-10 % jitter)."),
+        typer.Option(
+            callback=_setting("rescan_interval"),
+            help="Seconds between full rescans (default 3600, +-10 % jitter).",
+        ),
     ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per batch.")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(callback=_setting("batch_size"), help="Images per batch.")
+    ] = None,
     batch_seconds: Annotated[
-        float | None, typer.Option(help="Wait at most this long to fill a batch.")
+        float | None,
+        typer.Option(
+            callback=_setting("batch_seconds"), help="Wait at most this long to fill a batch."
+        ),
     ] = None,
     workers: WorkersOpt = None,
     weights: WeightsOpt = None,
@@ -521,6 +568,7 @@ def config(
 
     with _open(ctx) as lib:
         if value is not None:
+            _require_writable(lib)
             with lib.engine.begin() as conn:
                 settings.save(conn, name or "", value)
         with lib.engine.connect() as conn:
@@ -602,7 +650,7 @@ def report(
         "report.html"
     ),
     thumbnails: Annotated[
-        int, typer.Option(min=0, help="Embed at most this many thumbnails.")
+        int, typer.Option(min=0, max=100_000, help="Embed at most this many thumbnails.")
     ] = 3000,
 ) -> None:
     """One self-contained HTML page: the map of the library, a contact sheet per cluster and

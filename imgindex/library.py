@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ from sqlalchemy import Connection, Engine, delete, func, select, update
 
 from imgindex import store
 from imgindex.errors import ImgIndexError, LibraryLocked, LibraryNotFound, ModelMismatch
-from imgindex.migrate import ensure_schema
+from imgindex.migrate import ensure_schema, no_library
 from imgindex.models import DEFAULT_MODEL, get_spec
 from imgindex.paths import LibraryPaths
 from imgindex.schema import (
@@ -37,6 +38,7 @@ from imgindex.vindex import FLAT_MAX, VectorIndex, build_ivf, index_files, nlist
 log = logging.getLogger(__name__)
 
 K_AUTO = "auto"
+K_MAX = 4096  # the most clusters `init --k` accepts (fits cap k at half the images, see organize)
 
 T = TypeVar("T")
 
@@ -50,6 +52,12 @@ class Match:
     cluster: int | None
 
 
+def _can_write(paths: LibraryPaths) -> bool:
+    """Whether this process may write the data directory and its database (SQLite's WAL
+    needs the folder too: it creates the -wal and -shm files there)."""
+    return os.access(paths.root, os.W_OK) and os.access(paths.db, os.W_OK)
+
+
 class Library:
     """An open library. Use ``Library.open`` or ``Library.create``; close it when done."""
 
@@ -58,6 +66,7 @@ class Library:
         self.engine = engine
         self._lock = lock
         self._vindex: VectorIndex | None = None
+        self.read_only = False  # the database was opened read-only (see ``_open``)
         with engine.connect() as conn:
             settings = store.all_meta(conn)
         self.model: str = settings.get("model", DEFAULT_MODEL)
@@ -75,7 +84,7 @@ class Library:
         paths.root.mkdir(parents=True, exist_ok=True)
         # no write lock: adding roots is one short transaction, and works while the daemon
         # runs (it notices config_version and starts watching the new roots)
-        lib = cls._open(paths, write=False, purpose="imgindex init")
+        lib = cls._open(paths, write=False, purpose="imgindex init", create=True)
         try:
             lib._configure(roots, k=k, model=model)
         except BaseException:
@@ -95,16 +104,29 @@ class Library:
         return cls._open(paths, write=write, purpose=purpose)
 
     @classmethod
-    def _open(cls, paths: LibraryPaths, *, write: bool, purpose: str) -> Library:
+    def _open(
+        cls, paths: LibraryPaths, *, write: bool, purpose: str, create: bool = False
+    ) -> Library:
+        """Only ``create`` accepts a database without the schema or a model. A reader that
+        cannot write the data directory opens the database read-only and migrates nothing."""
+        if not create and paths.db.stat().st_size == 0:
+            raise no_library(paths.db)  # before any connection writes a header into it
+        read_only = not (write or create or _can_write(paths))
         lock = store.WriteLock(paths.lock, purpose) if write else None
         if lock:
             lock.acquire()
-        engine = store.make_engine(paths.db)
+        engine = store.make_engine(paths.db, read_only=read_only)
         try:
-            ensure_schema(engine, paths.db)
+            ensure_schema(engine, paths.db, create=create, read_only=read_only)
             lib = cls(paths, engine, lock)
+            lib.read_only = read_only
             if lib.dim:
                 lib._check_model()
+            elif not create:
+                raise LibraryNotFound(
+                    f"the library in {paths.root} was never set up (an interrupted "
+                    "`imgindex init`?); run `imgindex init DIR...` again"
+                )
         except BaseException:
             engine.dispose()
             if lock:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, inspect, text
 
-from imgindex.errors import SchemaTooNew
+from imgindex.errors import ImgIndexError, LibraryNotFound, SchemaTooNew
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +72,24 @@ def upgrade(engine: Engine, db_path: Path, target: str = "head") -> None:
         command.upgrade(cfg, target)
 
 
-def ensure_schema(engine: Engine, db_path: Path) -> None:
-    """Bring the database to ``SCHEMA_HEAD``; refuse one written by a newer imgindex."""
-    if current_revision(engine) == SCHEMA_HEAD:
+def ensure_schema(
+    engine: Engine, db_path: Path, *, create: bool = False, read_only: bool = False
+) -> None:
+    """Bring the database to ``SCHEMA_HEAD``; refuse one written by a newer imgindex.
+
+    Only ``create`` (``imgindex init``) puts the schema into a database that has none (an
+    empty file); a ``read_only`` caller refuses an old schema instead of upgrading it."""
+    rev = current_revision(engine)
+    if rev == SCHEMA_HEAD:
         return
+    if rev is None and not create:
+        raise no_library(db_path)
+    _refuse_unknown(rev, db_path)
+    if read_only:
+        raise ImgIndexError(
+            f"the library in {db_path.parent} has schema revision {rev}, older than this "
+            f"imgindex reads ({SCHEMA_HEAD}); a user who can write it must run `imgindex migrate`"
+        )
     lock = os.open(db_path.with_name(f"{db_path.name}.migrate.lock"), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two processes opening an old database: one migrates
@@ -84,14 +98,26 @@ def ensure_schema(engine: Engine, db_path: Path) -> None:
         os.close(lock)
 
 
-def _upgrade_locked(engine: Engine, db_path: Path) -> None:
-    rev = current_revision(engine)
-    if rev == SCHEMA_HEAD:
-        return
+def no_library(db_path: Path) -> LibraryNotFound:
+    """The refusal of a database without the schema (only ``imgindex init`` creates one)."""
+    return LibraryNotFound(
+        f"{db_path} holds no imgindex library (it is empty, or another program's); "
+        "create one with `imgindex init DIR...` (or point --data-dir at an existing one)"
+    )
+
+
+def _refuse_unknown(rev: str | None, db_path: Path) -> None:
     if rev is not None and rev not in known_revisions():
         raise SchemaTooNew(
             f"database {db_path} has schema revision {rev}, newer than this imgindex knows "
             f"({SCHEMA_HEAD}); upgrade imgindex (pip install -U imgindex) or use --data-dir "
             "to open another library"
         )
+
+
+def _upgrade_locked(engine: Engine, db_path: Path) -> None:
+    rev = current_revision(engine)
+    if rev == SCHEMA_HEAD:
+        return
+    _refuse_unknown(rev, db_path)
     upgrade(engine, db_path)

@@ -92,10 +92,17 @@ def after_drain(
         _reassign_all(conn, state, dim, vectors)
 
 
+def fixed_k(k_setting: str, n: int) -> int:
+    """k for ``n`` vectors when the user chose it: capped at half the images, so a k near or
+    above the library's size gives clusters of two images or more, not one image each."""
+    return n if n < 2 else max(1, min(int(k_setting), n // 2))
+
+
 def _target_k(conn: Connection, k_setting: str, n: int) -> int:
-    """k for ``n`` vectors: the setting (capped at n), or the last silhouette choice."""
+    """k for ``n`` vectors: the setting (capped, see ``fixed_k``), or the last silhouette
+    choice."""
     if k_setting != "auto":
-        return min(int(k_setting), n)
+        return fixed_k(k_setting, n)
     chosen = get_meta_json(conn, "cluster_auto_k", {})
     if not chosen or n >= 2 * chosen.get("at", 0):
         return -1  # (re)choose by silhouette now
@@ -107,7 +114,7 @@ def _choose_k(conn: Connection, k_setting: str, dim: int, n: int, rechoose: bool
     doubled since the last choice, but only when ``rechoose`` (at a drain): mid-run it keeps
     the last choice, or a provisional sqrt(n/2), so a big first run is not slowed by it."""
     if k_setting != "auto":
-        return min(int(k_setting), n)
+        return fixed_k(k_setting, n)
     chosen = get_meta_json(conn, "cluster_auto_k", {})
     if chosen and chosen.get("k", 0) <= n and (not rechoose or n < 2 * chosen.get("at", 0)):
         return int(chosen["k"])

@@ -7,13 +7,20 @@
 from __future__ import annotations
 
 import fnmatch
+import logging
+import math
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection
 
 from imgindex import store
 from imgindex.errors import ImgIndexError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,44 +42,135 @@ class DaemonSettings:
 
 
 NAMES = tuple(f.name for f in fields(DaemonSettings))
+DEFAULTS = DaemonSettings()
+
+#: ``name: (type, lowest, highest)`` of the numeric settings, in seconds or images.
+RANGES: dict[str, tuple[type, float, float]] = {
+    "debounce": (float, 0.05, 3600.0),
+    "write_timeout": (float, 1.0, 86400.0),
+    "batch_size": (int, 1, 4096),
+    "batch_seconds": (float, 0.01, 3600.0),
+    "rescan_interval": (float, 1.0, 30 * 86400.0),
+    "poll": (float, 0.1, 86400.0),  # or 0: inotify where it works
+}
+VIEW_MODES = ("symlink", "copy")
 
 
-def parse(name: str, raw: str) -> Any:
-    """The typed value of setting ``name``; raises ImgIndexError naming what is wrong."""
+def parse(name: str, raw: str, roots: Sequence[Path] = ()) -> Any:
+    """The typed value of setting ``name``; raises ImgIndexError naming what is wrong.
+    ``roots``: the library's roots, which ``view_dir`` must stay out of."""
     if name not in NAMES:
         raise ImgIndexError(f"unknown setting '{name}'; settings: {', '.join(NAMES)}")
     if name == "ignore":
-        return tuple(p.strip() for p in raw.split(",") if p.strip())
+        return check(name, tuple(p.strip() for p in raw.split(",") if p.strip()))
+    if name in RANGES:
+        try:
+            return _number(name, RANGES[name][0](raw))
+        except (ValueError, ImgIndexError):
+            raise ImgIndexError(f"{name} {raw!r}: expected {_expected(name)}") from None
+    return check(name, raw, roots)
+
+
+def check(name: str, value: Any, roots: Sequence[Path] = ()) -> Any:
+    """``value`` when it is a valid typed value of setting ``name``, else ImgIndexError."""
+    if name in RANGES:
+        try:
+            return _number(name, value)
+        except ImgIndexError:
+            raise ImgIndexError(f"{name} {value!r}: expected {_expected(name)}") from None
+    if name == "ignore":
+        for pattern in value:
+            _check_pattern(pattern)
+        return tuple(value)
     if name == "view_dir":
-        if raw.strip() and not raw.startswith("/"):
-            raise ImgIndexError(f"view_dir {raw!r}: expected an absolute path, or '' for none")
-        return raw if raw.strip() else ""
-    if name == "view_mode":
-        if raw not in ("symlink", "copy"):
-            raise ImgIndexError(f"view_mode {raw!r}: expected symlink or copy")
-        return raw
-    kind = int if name == "batch_size" else float
+        return _check_view_dir(value, roots)
+    if value not in VIEW_MODES:
+        raise ImgIndexError(f"view_mode {value!r}: expected symlink or copy")
+    return value
+
+
+def _number(name: str, value: float) -> Any:
+    """``value`` as the setting's type when it is finite and in its range."""
+    kind, low, high = RANGES[name]
+    ok = isinstance(value, (int, float)) and math.isfinite(value)
+    ok = ok and (low <= value <= high or (name == "poll" and value == 0))
+    if not ok or (kind is int and value != int(value)):
+        raise ImgIndexError(name)
+    return kind(value)
+
+
+def _expected(name: str) -> str:
+    kind, low, high = RANGES[name]
+    what = "a whole number" if kind is int else "a number of seconds"
+    extra = ", or 0 to use inotify" if name == "poll" else ""
+    return f"{what} from {_plain(low)} to {_plain(high)}{extra}"
+
+
+def _plain(x: float) -> str:
+    return str(int(x)) if x == int(x) else str(x)
+
+
+def _check_pattern(pattern: str) -> None:
+    """A glob matched against one file or folder name: no '/', every '[' closed."""
+    if "/" in pattern:
+        raise ImgIndexError(
+            f"ignore pattern {pattern!r}: patterns match names, not paths; leave out the '/'"
+        )
+    i = 0
+    while (i := pattern.find("[", i)) >= 0:
+        j = i + 1 + (pattern[i + 1 : i + 2] == "!")
+        j += pattern[j : j + 1] == "]"  # a ']' first in the set is one of its characters
+        end = pattern.find("]", j)
+        if end < 0:
+            raise ImgIndexError(
+                f"ignore pattern {pattern!r}: '[' opens a set that is never closed "
+                "(write [[] for a literal '[')"
+            )
+        i = end + 1
     try:
-        value = kind(raw)
-    except ValueError:
-        raise ImgIndexError(f"{name} {raw!r}: expected a {kind.__name__}") from None
-    if value < 0 or (value == 0 and name not in ("poll",)):
-        raise ImgIndexError(f"{name} {raw!r}: expected a positive number")
+        re.compile(fnmatch.translate(pattern))
+    except re.error as exc:
+        raise ImgIndexError(f"ignore pattern {pattern!r}: {exc}") from None
+
+
+def _check_view_dir(value: str, roots: Sequence[Path]) -> str:
+    if not value.strip():
+        return ""
+    if not value.startswith("/"):
+        raise ImgIndexError(f"view_dir {value!r}: expected an absolute path, or '' for none")
+    from imgindex.views import check_place
+
+    try:
+        check_place(Path(value), list(roots))  # a view inside a root would be indexed itself
+    except ImgIndexError as exc:
+        raise ImgIndexError(f"view_dir {exc}") from None
     return value
 
 
 def load(conn: Connection, **overrides: Any) -> DaemonSettings:
-    """Stored settings with ``overrides`` (those not None) on top."""
-    stored = {
-        n[len("daemon.") :]: v for n, v in store.all_meta(conn).items() if n.startswith("daemon.")
-    }
-    values = {n: parse(n, v) for n, v in stored.items() if n in NAMES}
-    values.update({n: v for n, v in overrides.items() if v is not None})
-    return replace(DaemonSettings(), **values)
+    """Stored settings with ``overrides`` (those not None) on top. A stored value that is not
+    valid (written by an older version, or a view_dir a new root now overlaps) is replaced by
+    the default, with a warning; an invalid override raises ImgIndexError."""
+    roots = [p for _, p in store.list_roots(conn)]
+    values: dict[str, Any] = {}
+    for key, raw in store.all_meta(conn).items():
+        name = key[len("daemon.") :]
+        if not key.startswith("daemon.") or name not in NAMES:
+            continue
+        try:
+            values[name] = parse(name, raw, roots)
+        except ImgIndexError as exc:
+            default = getattr(DEFAULTS, name)
+            log.warning("stored setting %s: %s; using the default, %r", name, exc, default)
+    for name, value in overrides.items():
+        if value is not None:
+            values[name] = check(name, value, roots)
+    return replace(DEFAULTS, **values)
 
 
 def save(conn: Connection, name: str, raw: str) -> Any:
-    value = parse(name, raw)
+    """Check and store setting ``name``; a running daemon picks it up."""
+    value = parse(name, raw, [p for _, p in store.list_roots(conn)])
     store.set_meta(conn, f"daemon.{name}", raw)
     store.add_to_counter(conn, "config_version", 1)
     return value

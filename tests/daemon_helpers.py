@@ -18,7 +18,10 @@ from helpers import cli_json
 class DaemonProcess:
     """Starts ``python -m imgindex daemon`` on a library and reads its sd_notify messages."""
 
-    def __init__(self, data: Path, *args: str, watchdog_usec: int | None = None) -> None:
+    def __init__(
+        self, data: Path, *args: str, watchdog_usec: int | None = None, quick: bool = True
+    ) -> None:
+        """``quick``: short ``--debounce`` and ``--batch-seconds`` (else the settings')."""
         self.data = data
         self.sock_path = data.parent / f"notify-{time.monotonic_ns()}.sock"
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -37,10 +40,7 @@ class DaemonProcess:
                 "--data-dir",
                 str(data),
                 "daemon",
-                "--debounce",
-                "0.3",
-                "--batch-seconds",
-                "0.2",
+                *(("--debounce", "0.3", "--batch-seconds", "0.2") if quick else ()),
                 *args,
             ],
             stdout=subprocess.PIPE,

@@ -27,7 +27,7 @@ def test_schema_head_constant_is_alembics_head():
 
 def test_migrations_build_exactly_the_schema_the_code_queries(tmp_path):
     engine = store.make_engine(tmp_path / "x.db")
-    migrate.ensure_schema(engine, tmp_path / "x.db")
+    migrate.ensure_schema(engine, tmp_path / "x.db", create=True)
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []
