@@ -456,7 +456,9 @@ def status(
     else:
         for key, value in data.items():
             if key == "daemon":
+                problem = value.get("problem")
                 value = value["state"] + (f" (pid {value['pid']})" if value["pid"] else "")
+                value += f"; {problem}" if problem else ""
             if key == "roots":
                 value = ", ".join(
                     r["path"] + ("" if r["available"] else " (unavailable)") for r in value
