@@ -496,13 +496,46 @@ def status(
     else:
         for key, value in data.items():
             if key == "daemon":
+                problem = value.get("problem")
                 value = value["state"] + (f" (pid {value['pid']})" if value["pid"] else "")
+                value += f"; {problem}" if problem else ""
             if key == "roots":
                 value = ", ".join(
                     names.shown(r["path"]) + ("" if r["available"] else " (unavailable)")
                     for r in value
                 )
             typer.echo(f"{key:>14}: {value}")
+
+
+@app.command("check")
+def check_cmd(
+    ctx: typer.Context,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Fix what can be fixed (takes the write lock).")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify the library: SQLite integrity, stored vectors (finite, unit length), the FAISS
+    cache (this library's, unchanged, holding exactly the indexed vectors) and that nothing is
+    stuck. Exits 1 while problems remain unrepaired."""
+    from imgindex.check import check
+
+    with _open(ctx, write=repair, purpose="imgindex check --repair") as lib:
+        report = check(lib, repair=repair)
+    if as_json:
+        _echo_json(report.as_dict())
+    else:
+        for p in report.problems:
+            state = "repaired" if p.repaired else "problem"
+            typer.echo(f"{state}: {p.area}: {p.what}" + (f" ({p.action})" if p.action else ""))
+        typer.echo(
+            f"{report.indexed} indexed, cache {report.cache_file or 'none'}: "
+            f"{len(report.problems)} problems, {len(report.problems) - len(report.unrepaired)} "
+            f"repaired ({report.seconds:.1f} s)",
+            err=True,
+        )
+    if report.unrepaired:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -4,7 +4,8 @@ Start: open the library (migrations, FAISS loaded and caught up), start watching
 READY=1, then reconcile with the disk. Loop: turn watcher events into rows of the SQLite
 ``queue`` (so a crash loses nothing), embed what is due in batches, refresh clusters and save
 the index when the queue drains, rescan periodically or when events may have been missed.
-Signal handlers only set flags; the loop acts on them.
+Signal handlers only set flags; the loop acts on them. A full disk never stops it: the index
+stays in memory, ``status`` says why it is not saved, and saving resumes when there is room.
 """
 
 from __future__ import annotations
@@ -82,12 +83,13 @@ class Daemon:
         warnings.filterwarnings("ignore", category=RuntimeWarning, module="watchdog")
         self._install_signals()
         self.lib = Library.open(self.data_dir, write=True, purpose="imgindex daemon")
+        self.lib.tolerate_full_disk = True
         try:
             self._reload()
             self.lib.vectors  # noqa: B018 - loaded and consistent before READY
             self.watcher = Watcher(self.sink, self.settings.poll or None)
             self._sync_roots()
-            self.state = "scanning"
+            self._set_state("scanning")  # published: `status` shows it (and a full disk)
             threading.Thread(target=self._keepalive, name="watchdog-ping", daemon=True).start()
             self.notifier.ready(self._status_line())
             log.info("ready: %s", self._status_line())
@@ -371,6 +373,8 @@ class Daemon:
         self._retry_pending()
         if self.settings.view_dir and self.view.titles_changed(self.lib):
             self._update_view()  # a cluster was named (or an update failed): folders follow
+        if self.lib.disk_full:
+            self.lib.save_index()  # once the room it lacked is free
         self.ingestor.checkpoint()  # an idle daemon's file catches up within a minute
         self._publish()
         self.notifier.status(self._status_line())
@@ -462,10 +466,11 @@ class Daemon:
 
     def _status_line(self) -> str:
         c = self._counts()
-        return (
+        line = (
             f"{self.state}: {c['indexed']} indexed, {c['queued'] + c['pending']} pending, "
             f"{c['failed']} failed"
         )
+        return line + ("; vector index not saved: disk full" if self.lib.disk_full else "")
 
     def _publish(self, final: bool = False) -> None:
         """What `imgindex status` shows about the daemon."""
@@ -473,6 +478,7 @@ class Daemon:
             "pid": os.getpid(),
             "state": "stopped" if final else self.state,
             "heartbeat": time.time(),
+            "problem": str(self.lib.disk_full) if self.lib.disk_full else None,
             "roots": {
                 str(r): m
                 for r, m in (getattr(self, "watcher", None) and self.watcher.modes.items()) or []

@@ -50,3 +50,15 @@ class DecodeFailure(ImgIndexError):
         super().__init__(reason)
         self.reason = reason
         self.retryable = retryable
+
+
+class DiskFull(ImgIndexError):
+    """A file system had no room (ENOSPC, EDQUOT) for a file imgindex writes.
+
+    ``mount``: the file system's mount point (and device); ``needed``/``free``: bytes."""
+
+    def __init__(self, message: str, *, mount: str, needed: int, free: int) -> None:
+        super().__init__(message)
+        self.mount = mount
+        self.needed = needed
+        self.free = free

@@ -1,7 +1,8 @@
 """A library: one data directory with its SQLite database, FAISS cache and settings.
 
 Opening never imports torch or scikit-learn: read commands (``similar`` on an indexed photo,
-``clusters``, ``status``) only need SQLite, numpy and FAISS.
+``clusters``, ``status``) only need SQLite, numpy and FAISS. Read commands never write the FAISS
+cache: without a usable file they search an index built in memory; only the writer saves.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,8 +21,8 @@ from typing import Any, TypeVar
 import numpy as np
 from sqlalchemy import Connection, Engine, delete, func, select, update
 
-from imgindex import store
-from imgindex.errors import ImgIndexError, LibraryLocked, LibraryNotFound, ModelMismatch
+from imgindex import diskspace, store
+from imgindex.errors import DiskFull, ImgIndexError, LibraryNotFound, ModelMismatch
 from imgindex.migrate import ensure_schema, no_library
 from imgindex.models import DEFAULT_MODEL, get_spec
 from imgindex.paths import LibraryPaths
@@ -33,7 +35,16 @@ from imgindex.schema import (
     meta,
     queue,
 )
-from imgindex.vindex import FLAT_MAX, VectorIndex, build_ivf, index_files, nlist_for
+from imgindex.vindex import (
+    FLAT_MAX,
+    FileRecord,
+    VectorIndex,
+    build_ivf,
+    file_name,
+    index_files,
+    nlist_for,
+    stamp_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +52,11 @@ K_AUTO = "auto"
 K_MAX = 4096  # the most clusters `init --k` accepts (fits cap k at half the images, see organize)
 
 T = TypeVar("T")
+RECORD_PREFIX = "cache."  # meta key of an index file's FileRecord: cache.vectors.<seq>.faiss
+
+
+def record_key(name: str) -> str:
+    return RECORD_PREFIX + name
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,11 @@ class Library:
         self.model: str = settings.get("model", DEFAULT_MODEL)
         self.dim: int = int(settings.get("dim", "0"))
         self.k_setting: str = settings.get("k", K_AUTO)
+        self.library_id: str | None = settings.get("library_id")  # the writer creates it
+        self.disk_full: DiskFull | None = None  # why the writer's last save failed
+        self.tolerate_full_disk = False  # the daemon: keep the index in memory, retry later
+        self._warned: set[tuple[str, str]] = set()
+        self._rejected: set[tuple[str, tuple[int, int, int]]] = set()  # (name, stamp) refused
 
     # --- opening ------------------------------------------------------------------------------
 
@@ -127,6 +148,9 @@ class Library:
                     f"the library in {paths.root} was never set up (an interrupted "
                     "`imgindex init`?); run `imgindex init DIR...` again"
                 )
+            if write and lib.library_id is None:  # a library made before ids existed
+                with engine.begin() as conn:
+                    lib.library_id = lib._identity(conn)
         except BaseException:
             engine.dispose()
             if lock:
@@ -138,8 +162,17 @@ class Library:
             paths.legacy_index.unlink(missing_ok=True)
         return lib
 
+    def _identity(self, conn: Any) -> str:
+        """The library's id (created when missing): index files are recorded as its own."""
+        found = store.get_meta(conn, "library_id")
+        if found is None:
+            found = uuid.uuid4().hex
+            store.set_meta(conn, "library_id", found)
+        return found
+
     def _configure(self, roots: list[Path], *, k: str | None, model: str | None) -> None:
         with self.engine.begin() as conn:
+            self.library_id = self._identity(conn)
             if not self.dim:
                 spec = get_spec(model or DEFAULT_MODEL)
                 store.set_meta(conn, "model", spec.name)
@@ -236,6 +269,7 @@ class Library:
     def _loaded(self) -> VectorIndex:
         if self._vindex is None:
             self._vindex = self._load_index()
+            self.save_index()  # the writer's file, when it was missing or behind
         return self._vindex
 
     @contextmanager
@@ -263,30 +297,78 @@ class Library:
         head, trimmed = store.log_position(conn)
         if not trimmed <= (vi.base_seq if vi.read_only else vi.seq) <= head:
             return False
-        if not self.writable:
-            newest = max((s for s, _ in index_files(self.paths.root)), default=-1)
-            if newest > vi.base_seq:
-                return False
+        if not self.writable and self._newer_file(vi):
+            return False
         if vi.seq != head:
             self._replay(conn, vi, head)
         return True
 
     def _load_index(self) -> VectorIndex:
         for _attempt in range(3):
-            vi = VectorIndex.open_latest(self.paths.root, self.dim, mmap=not self.writable)
+            vi = VectorIndex.open_latest(
+                self.paths.root, self.dim, mmap=not self.writable, accept=self._usable
+            )
             with self.snapshot() as conn:
                 head, trimmed = store.log_position(conn)
                 if vi is None or vi.seq < trimmed or vi.seq > head:
                     if vi is not None and vi.read_only and vi.seq < trimmed:
                         continue  # the writer saved a newer file meanwhile: open that
-                    if not self.writable and self._save_for_readers():
-                        continue  # built and saved while no writer ran: map it
-                    vi = self._rebuild(conn, head)
+                    vi = self._rebuild(conn, head)  # a reader's stays in memory
                 elif vi.seq < head and not vi.read_only:  # a reader's overlay: see ``read``
                     self._replay(conn, vi, head)
-            self.save_index(vi)  # the writer's file, when it was behind
             return vi
         raise ImgIndexError(f"{self.paths.root}: the index keeps changing under us; try again")
+
+    def _newer_file(self, vi: VectorIndex) -> bool:
+        """Whether a usable index file newer than ``vi``'s is there (a reader maps it)."""
+        return any(s > vi.base_seq and self._usable(p) for s, p in index_files(self.paths.root))
+
+    def _usable(self, path: Path) -> bool:
+        """Whether ``path`` is an index file this library's writer saved, unchanged since
+        (checked against its record); says once why not. A file refused once is not hashed
+        again while it stays as it is."""
+        try:
+            seen = (path.name, stamp_of(os.stat(path)))
+        except FileNotFoundError:
+            return False
+        if seen in self._rejected:
+            return False
+        with self.engine.connect() as conn:
+            record = FileRecord.from_json(store.get_meta(conn, record_key(path.name)))
+        try:
+            why = self._file_mismatch(path, record)
+        except FileNotFoundError:
+            return False  # replaced by a newer one while we looked
+        if why is None:
+            return True
+        if not path.exists():  # its record went with it
+            return False
+        self._rejected.add(seen)
+        if (path.name, why) not in self._warned:
+            self._warned.add((path.name, why))
+            then = (
+                "rebuilding it from the database"
+                if self.writable
+                else "searching an index built in memory from the database (`imgindex index` "
+                "or the daemon saves a verified one)"
+            )
+            log.warning("ignoring %s: %s; %s", path, why, then)
+        return False
+
+    def _file_mismatch(self, path: Path, record: FileRecord | None) -> str | None:
+        """Why ``path`` is not the file ``record`` describes (None: it is)."""
+        if record is None:
+            return "no checksum was recorded for it (saved by an older imgindex, or copied in)"
+        why = record.mismatch(path, self.library_id)
+        if why is None and self.writable:
+            fresh = record.stamped(path)
+            if fresh != record:  # hashed in full (e.g. a restored copy): not again
+                self._record(path.name, fresh)
+        return why
+
+    def _record(self, name: str, record: FileRecord) -> None:
+        with self.engine.begin() as conn:
+            store.set_meta(conn, record_key(name), record.to_json())
 
     def _replay(self, conn: Any, vi: VectorIndex, head: int) -> None:
         """Apply the log rows after ``vi.seq`` (a reader: after its file's): drop every changed
@@ -295,33 +377,12 @@ class Library:
         vi.apply(changed, *store.vectors_for(conn, changed.tolist(), self.dim), seq=head)
         log.debug("caught the vector index up with %d changed images", len(changed))
 
-    def _save_for_readers(self) -> bool:
-        """A reader that finds no usable file (a new or upgraded library) builds and saves one
-        when no writer runs, so the next command maps it instead of rebuilding it again."""
-        lock = store.WriteLock(self.paths.lock, "imgindex (building the vector index)")
-        try:
-            lock.acquire()
-        except (LibraryLocked, OSError):
-            return False  # a writer will save it (or the data dir is read-only to us)
-        try:
-            with self.engine.connect() as conn:
-                vi = self._rebuild(conn, store.log_position(conn)[0], kind_by_size=True)
-            vi.save(self.paths.root)
-            with self.engine.begin() as conn:
-                store.trim_log(conn, vi.seq)
-        except OSError as exc:
-            log.warning("could not save the vector index in %s: %s", self.paths.root, exc)
-            return False
-        finally:
-            lock.release()
-        return True
-
-    def _rebuild(self, conn: Any, head: int, kind_by_size: bool = False) -> VectorIndex:
+    def _rebuild(self, conn: Any, head: int) -> VectorIndex:
         """A new index of every indexed vector: of the kind the library size calls for when
         it will be saved (the writer's), else exact (a reader's, in memory)."""
         n = store.count_indexed(conn)
         chunks = ((ids, x) for ids, x, _ in store.iter_vectors(conn, self.dim))
-        if n < self.flat_max or not (self.writable or kind_by_size):
+        if n < self.flat_max or not self.writable:
             vi = VectorIndex(self.dim, seq=head)
             for ids, x in chunks:
                 vi.add(ids, x)
@@ -367,16 +428,68 @@ class Library:
         if not self.writable:
             self.read(lambda _conn, _vi: None)
 
+    def rebuild_index(self) -> None:
+        """Drop the index files and build and save the index again from SQLite (writer)."""
+        for _, path in index_files(self.paths.root):
+            path.unlink(missing_ok=True)
+        with self.engine.connect() as conn:
+            self._vindex = self._rebuild(conn, store.log_position(conn)[0])
+        self.save_index()
+
     def save_index(self, vi: VectorIndex | None = None) -> None:
-        """Write the writer's index if it changed since its file, then trim the log."""
+        """Write the writer's index if it changed since its file, then trim the log.
+
+        A full disk raises DiskFull, unless ``tolerate_full_disk`` (the daemon): then it is
+        logged once, kept in ``disk_full``, and saving waits until the room it lacked is free."""
         vi = vi or self._vindex
         if vi is None or not self.writable or vi.read_only:
             return
-        if vi.path is not None and vi.path.name == f"vectors.{vi.seq}.faiss" and vi.path.exists():
+        if vi.path is not None and vi.path.name == file_name(vi.seq) and vi.path.exists():
             return
-        vi.save(self.paths.root)
+        full = self.disk_full
+        if full and self.tolerate_full_disk and diskspace.free_bytes(self.paths.root) < full.needed:
+            return  # still no room for it
+        try:
+            self._save(vi)
+        except DiskFull as exc:
+            self.disk_full = exc
+            if not self.tolerate_full_disk:
+                raise
+            if full is None:
+                log.error("%s; the index is kept in memory and saved when there is room", exc)
+            return
+        if full is not None:
+            log.info("saved the vector index: %s has room again", full.mount)
+        self.disk_full = None
+
+    def _save(self, vi: VectorIndex) -> None:
+        """Save ``vi`` as ``vectors.<seq>.faiss``. Its record (this library's id, checksum)
+        commits before the file appears under that name, so no reader finds it unrecorded;
+        then the log is trimmed, and older files and their records go (a reader that mapped
+        one keeps it until it closes)."""
+        folder, name = self.paths.root, file_name(vi.seq)
+        assert self.library_id is not None  # the writer created it on open
+        tmp, record = vi.write_temp(folder, self.library_id)
+        path = folder / name
+        try:
+            path.unlink(missing_ok=True)  # one of the same seq is never paired with this record
+            self._record(name, record)
+            vi.install(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         with self.engine.begin() as conn:
+            store.set_meta(conn, record_key(name), record.stamped(path).to_json())
             store.trim_log(conn, vi.seq)
+        for seq, old in index_files(folder):
+            if seq != vi.seq:
+                old.unlink(missing_ok=True)
+        with self.engine.begin() as conn:
+            conn.execute(
+                delete(meta).where(
+                    meta.c.key.like(RECORD_PREFIX + "vectors.%"), meta.c.key != record_key(name)
+                )
+            )
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -420,6 +533,7 @@ class Library:
             "pid": info.get("pid") if running else None,
             "heartbeat": info.get("heartbeat"),
             "roots": info.get("roots", {}) if running else {},
+            "problem": info.get("problem") if running else None,
             "writer": holder,
         }
 

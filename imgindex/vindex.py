@@ -8,22 +8,30 @@ exact vectors from SQLite, so scores are exact and memory is an eighth of float3
 
 Files are plain FAISS files named ``vectors.<seq>.faiss``, where ``seq`` is the position in the
 ``index_log`` table (changes appended by SQLite triggers) that the file reflects. The writer
-replaces them atomically (temp file, fsync, rename, fsync of the directory). Readers memory-map
-the newest one (a cold CLI process at a million vectors starts in milliseconds) and overlay the
-log rows written since: the changed ids are masked out of the file's answers and their current
-vectors searched exactly beside it. Vector ids are ``images.id`` row ids, never reused.
+replaces them atomically (temp file, fsync, rename, fsync of the directory), hashing each while
+writing it: a ``FileRecord`` (the library's id, BLAKE2b checksum, size, and the inode and times
+the file got) is kept in SQLite, so a damaged or foreign file is recognised and never served.
+Readers memory-map the newest one (a cold CLI process at a million vectors starts in
+milliseconds) and overlay the log rows written since: the changed ids are masked out of the
+file's answers and their current vectors searched exactly beside it. Vector ids are
+``images.id`` row ids, never reused.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import faiss
 import numpy as np
+
+from imgindex import diskspace
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +42,69 @@ RECALL_TARGET = 0.97  # of the exact top 10 among the candidates, when tuning np
 TUNE_QUERIES = 256
 FILE_RE = re.compile(r"^vectors\.(\d+)\.faiss$")
 MMAP_FLAGS = faiss.IO_FLAG_MMAP_IFC  # maps flat codes and inverted lists alike
+HASH_CHUNK = 1 << 22
+
+
+def file_name(seq: int) -> str:
+    return f"vectors.{seq}.faiss"
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """What the writer recorded about an index file it saved: whose it is and what it holds.
+
+    ``stamp``: ``(inode, mtime_ns, ctime_ns)`` the file had once in place. Any write to the
+    file, or another file copied over it, changes them (ctime cannot be set back), so a file
+    still bearing them is taken as unchanged without hashing it (hashing costs ~0.8 s per
+    512 MB; mapping a file takes a millisecond); any other is hashed in full."""
+
+    library: str
+    blake2b: str
+    size: int
+    stamp: tuple[int, int, int] | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str | None) -> FileRecord | None:
+        try:
+            data = json.loads(text or "")
+            stamp = data.get("stamp")
+            return cls(data["library"], data["blake2b"], int(data["size"]), stamp and tuple(stamp))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    def stamped(self, path: Path) -> FileRecord:
+        """This record with the stamp ``path`` has now."""
+        return replace(self, stamp=stamp_of(os.stat(path)))
+
+    def mismatch(self, path: Path, library: str | None, *, full: bool = False) -> str | None:
+        """Why ``path`` is not the file this records (None: it is). Hashes the whole file
+        when ``full`` or when its stamp changed. Raises FileNotFoundError when it is gone."""
+        if library is None or self.library != library:
+            return "it was saved by another library"
+        st = os.stat(path)
+        if st.st_size != self.size:
+            return f"it holds {st.st_size} bytes, not the {self.size} recorded when it was saved"
+        if not full and self.stamp == stamp_of(st):
+            return None
+        if file_digest(path) != self.blake2b:
+            return "its content does not match the checksum recorded when it was saved"
+        return None
+
+
+def stamp_of(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def file_digest(path: Path) -> str:
+    """BLAKE2b of a file's content, read in chunks."""
+    h = hashlib.blake2b()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def nlist_for(n: int) -> int:
@@ -164,10 +235,20 @@ class VectorIndex:
     # --- files --------------------------------------------------------------------------------
 
     @classmethod
-    def open_latest(cls, folder: Path, dim: int, *, mmap: bool) -> VectorIndex | None:
-        """The newest index file in ``folder`` (memory-mapped, read-only when ``mmap``), or
-        None when there is none usable (a cache: anything wrong means rebuild)."""
+    def open_latest(
+        cls,
+        folder: Path,
+        dim: int,
+        *,
+        mmap: bool,
+        accept: Callable[[Path], bool] | None = None,
+    ) -> VectorIndex | None:
+        """The newest index file in ``folder`` that ``accept`` vouches for (memory-mapped,
+        read-only when ``mmap``), or None when there is none usable (a cache: anything wrong
+        means rebuild)."""
         for seq, path in sorted(index_files(folder), reverse=True):
+            if accept is not None and not accept(path):
+                continue
             try:
                 index = faiss.read_index(str(path), MMAP_FLAGS if mmap else 0)
             except RuntimeError as exc:
@@ -184,32 +265,70 @@ class VectorIndex:
             return vi
         return None
 
-    def save(self, folder: Path) -> Path:
-        """Write ``vectors.<seq>.faiss`` atomically, then delete older files (a reader that
-        mapped one keeps it until it closes)."""
-        path = folder / f"vectors.{self.seq}.faiss"
-        tmp = folder / f".{path.name}.{os.getpid()}.tmp"
+    def write_temp(self, folder: Path, library: str) -> tuple[Path, FileRecord]:
+        """Write the index to a temporary file in ``folder``, fsynced, and its record (hashed
+        on the way). Leaves no temporary file when it fails; a full disk raises DiskFull."""
+        tmp = folder / f".{file_name(self.seq)}.{os.getpid()}.tmp"
         ivf = self.ivf
         if ivf is not None:  # the file goes without the id hash table: mapping stays instant
             ivf.set_direct_map_type(faiss.DirectMap.NoMap)
         try:
-            faiss.write_index(self.index, str(tmp))
+            digest, size = _write_hashed(self.index, tmp)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if not diskspace.is_full(exc):
+                raise
+            what = f"the vector index {folder / file_name(self.seq)}"
+            raise diskspace.no_room(folder, _serialized_size(self.index), what, exc) from exc
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         finally:
             if ivf is not None:
                 ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        return tmp, FileRecord(library, digest, size)
+
+    def install(self, tmp: Path, path: Path) -> None:
+        """Rename a written temporary file to ``path`` (atomically, durably)."""
         os.replace(tmp, path)
-        dir_fd = os.open(folder, os.O_RDONLY)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-        for seq, old in index_files(folder):
-            if seq != self.seq:
-                old.unlink(missing_ok=True)
         self.path = path
-        return path
+
+
+def _write_hashed(index: faiss.Index, path: Path) -> tuple[str, int]:
+    """Write ``index`` to ``path`` and fsync it; its BLAKE2b and size, computed on the way."""
+    h = hashlib.blake2b()
+    size = 0
+    with open(path, "wb") as fh:
+
+        def put(chunk: bytes) -> int:
+            nonlocal size
+            fh.write(chunk)
+            h.update(chunk)
+            size += len(chunk)
+            return len(chunk)
+
+        faiss.write_index(index, faiss.PyCallbackIOWriter(put))
+        fh.flush()
+        os.fsync(fh.fileno())
+    return h.hexdigest(), size
+
+
+def _serialized_size(index: faiss.Index) -> int:
+    """Bytes ``index`` takes as a file (serialised without being kept)."""
+    size = 0
+
+    def count(chunk: bytes) -> int:
+        nonlocal size
+        size += len(chunk)
+        return len(chunk)
+
+    faiss.write_index(index, faiss.PyCallbackIOWriter(count))
+    return size
 
 
 def index_files(folder: Path) -> Iterator[tuple[int, Path]]:
@@ -260,6 +379,34 @@ def _tune_nprobe(index: faiss.IndexIVF, queries: np.ndarray, truth: np.ndarray) 
         nprobe *= 2
     log.info("IVF %d lists: nprobe %d holds %.3f of the exact top 10", index.nlist, nprobe, recall)
     return nprobe
+
+
+def read_file(path: Path) -> faiss.Index:
+    """An index file, memory-mapped, for inspection (``ids_in``, ``vectors_in``)."""
+    return faiss.read_index(str(path), MMAP_FLAGS)
+
+
+def ids_in(index: faiss.Index) -> np.ndarray:
+    """Every id an index holds, in its own order."""
+    return _ids_of(index)
+
+
+def vectors_in(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
+    """The vectors ``index`` holds for ``ids`` (held ids only): exact for a flat index,
+    decoded from 4-bit codes (within ~0.99 cosine) for IVF."""
+    ids = np.ascontiguousarray(ids, np.int64)
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        if ivf.direct_map.type != faiss.DirectMap.Hashtable:
+            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        return index.reconstruct_batch(ids)
+    idmap = faiss.downcast_index(index)
+    held = faiss.vector_to_array(idmap.id_map).astype(np.int64)
+    order = np.argsort(held, kind="stable")
+    rows = order[np.searchsorted(held, ids, sorter=order)]
+    flat = faiss.downcast_index(idmap.index)
+    x = faiss.rev_swig_ptr(flat.get_xb(), len(held) * index.d).reshape(len(held), index.d)
+    return x[rows].copy()
 
 
 def _ids_of(index: faiss.Index) -> np.ndarray:

@@ -165,19 +165,33 @@ def test_the_daemon_path_keeps_the_file_and_the_log_in_step(tmp_path):
         assert str(files[0].resolve()) not in {m["path"] for m in got} and len(got) == 10
 
 
-def test_a_reader_saves_a_missing_index_file_once_when_no_writer_runs(synthetic):
-    """After an upgrade (or a deleted cache) the first read command builds the file, of the
-    kind the size calls for, so later ones map it; with a writer running it only builds in
-    memory and leaves saving to the writer."""
+def test_a_reader_never_writes_the_cache(synthetic):
+    """Without a usable file (after an upgrade, a deleted cache) read commands search an index
+    built in memory; only a writer saves one, of the kind the size calls for."""
     add_vectors(synthetic, clustered(900, 9))
+    with Library.open(synthetic) as reader:
+        assert reader.vectors.size == 900 and not reader.vectors.read_only
+    assert cli_json(synthetic, "status")["index_size"] == 900
+    assert list(index_files(synthetic)) == [] and not list(synthetic.glob(".vectors.*"))
     with Library.open(synthetic, write=True) as writer:
-        with Library.open(synthetic) as reader:
-            assert reader.vectors.size == 900 and not reader.vectors.read_only
-        assert list(index_files(synthetic)) == []
-        writer.close()  # no writer from here on
-        with Library.open(synthetic) as reader:
-            vi = reader.vectors
-            assert vi.read_only and vi.approximate and vi.size == 900
-        (seq, _), = index_files(synthetic)
-        with Library.open(synthetic) as reader:
-            assert reader.vectors.base_seq == seq  # mapped, not built again
+        writer.vectors  # noqa: B018 - builds and saves it
+    (seq, _), = index_files(synthetic)
+    with Library.open(synthetic) as reader:
+        vi = reader.vectors
+        assert vi.read_only and vi.approximate and vi.base_seq == seq and vi.size == 900
+
+
+def test_a_reader_searching_in_memory_maps_the_writers_next_file(synthetic):
+    add_vectors(synthetic, clustered(300, 10))
+    reader = Library.open(synthetic)  # a long-lived one, as the daemon's query service
+    try:
+        assert not reader.vectors.read_only  # no file: built in memory
+        add_vectors(synthetic, clustered(5, 11))
+        reader.refresh()
+        assert reader.vectors.size == 305 and not reader.vectors.read_only  # replayed
+        with Library.open(synthetic, write=True) as writer:
+            writer.vectors  # noqa: B018 - saves a file
+        reader.refresh()
+        assert reader.vectors.read_only and reader.vectors.size == 305
+    finally:
+        reader.close()
