@@ -261,13 +261,13 @@ def stack_blobs(blobs: list[bytes], dim: int) -> np.ndarray:
     return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim).copy()
 
 
-def paths_at_or_under(conn: Connection, path: str) -> list[str]:
-    """Rows whose path is ``path`` or inside the folder ``path``."""
+def paths_at_or_under(conn: Connection, path: str, limit: int | None = None) -> list[str]:
+    """Rows whose path is ``path`` or inside the folder ``path`` (the first ``limit``)."""
     prefix = path.rstrip(os.sep) + os.sep
     q = select(images.c.path).where(
         (images.c.path == path) | (func.substr(images.c.path, 1, len(prefix)) == prefix)
     )
-    return list(conn.execute(q).scalars())
+    return list(conn.execute(q.limit(limit)).scalars())
 
 
 def move_paths(conn: Connection, src: str, dest: str, root_id: int) -> tuple[int, list[int]]:

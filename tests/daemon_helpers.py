@@ -18,7 +18,13 @@ from helpers import cli_json
 class DaemonProcess:
     """Starts ``python -m imgindex daemon`` on a library and reads its sd_notify messages."""
 
-    def __init__(self, data: Path, *args: str, watchdog_usec: int | None = None) -> None:
+    def __init__(
+        self,
+        data: Path,
+        *args: str,
+        watchdog_usec: int | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
         self.data = data
         self.sock_path = data.parent / f"notify-{time.monotonic_ns()}.sock"
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -46,6 +52,7 @@ class DaemonProcess:
             stdout=subprocess.PIPE,
             stderr=self.log,
             env=env,
+            preexec_fn=preexec_fn,
         )
 
     def read_messages(self) -> list[str]:
