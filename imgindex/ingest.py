@@ -180,7 +180,7 @@ class Ingestor:
         todo = []
         for fs in on_disk:
             row = known.get(fs.path)
-            if row and (row[1], row[2]) == (fs.size, fs.mtime_ns) and row[3] != STATUS_PENDING:
+            if row and is_current(row[1:], fs):
                 self.report.unchanged += 1
             else:
                 todo.append((root_id, fs))
@@ -269,7 +269,9 @@ class Ingestor:
         except OSError as exc:
             return Prepared(root_id, fs, "failed", reason=f"cannot read: {exc.strerror}")
         if (st.st_size, st.st_mtime_ns) != (fs.size, fs.mtime_ns) or len(data) != st.st_size:
-            return Prepared(root_id, FileStat(fs.path, st.st_size, st.st_mtime_ns), "changed")
+            changed = FileStat(fs.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            return Prepared(root_id, changed, "changed")
+        fs = FileStat(fs.path, fs.size, fs.mtime_ns, st.st_ctime_ns)
         digest = hashlib.blake2b(data, digest_size=20).hexdigest()
         source = self._known(digest)
         if source is not None:
@@ -368,6 +370,7 @@ class Ingestor:
             "root_id": p.root_id,
             "size": p.fs.size,
             "mtime_ns": p.fs.mtime_ns,
+            "ctime_ns": p.fs.ctime_ns or None,
             "content_hash": p.content_hash,
             "updated_at": now,
         }
@@ -503,15 +506,12 @@ class Ingestor:
             st = os.stat(path)
         except OSError:
             return []
+        fs = FileStat(path, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         with self.lib.engine.connect() as conn:
             row = store.find_by_path(conn, path)
-        if (
-            row is not None
-            and (row.size, row.mtime_ns) == (st.st_size, st.st_mtime_ns)
-            and row.status != STATUS_PENDING
-        ):
+        if row is not None and is_current((row.size, row.mtime_ns, row.status, row.ctime_ns), fs):
             return []
-        return [(root_id, FileStat(path, st.st_size, st.st_mtime_ns))]
+        return [(root_id, fs)]
 
     def _under(self, path: str) -> list[str]:
         """Rows at ``path`` or below it (a deleted folder)."""
@@ -611,6 +611,16 @@ def root_of(path: str, roots: list[tuple[int, Path]]) -> tuple[int, Path] | None
         ):
             best = (rid, root)
     return best
+
+
+def is_current(row: tuple[int, int, str, int | None], fs: FileStat) -> bool:
+    """Whether a row ``(size, mtime_ns, status, ctime_ns)`` is up to date with the file: same
+    size and mtime, not pending, and for a failed file also the same ctime (a chmod or chown
+    since it failed, e.g. of a file that could not be read, is worth another try)."""
+    size, mtime_ns, status, ctime_ns = row
+    if (size, mtime_ns) != (fs.size, fs.mtime_ns) or status == STATUS_PENDING:
+        return False
+    return status != STATUS_FAILED or ctime_ns == fs.ctime_ns
 
 
 def is_under(path: str, folder: str) -> bool:

@@ -84,6 +84,7 @@ class FileStat:
     path: str
     size: int
     mtime_ns: int
+    ctime_ns: int = 0  # inode change time: a chmod or chown changes it, the mtime stays
 
 
 @dataclass
@@ -137,7 +138,7 @@ def walk(root: Path, unseen: Unseen | None = None) -> Iterator[FileStat]:
                     subfolders.append((entry.path, dev))
                 elif is_candidate(entry.name) and entry.is_file():
                     st = entry.stat()
-                    yield FileStat(entry.path, st.st_size, st.st_mtime_ns)
+                    yield FileStat(entry.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
             except (FileNotFoundError, NotADirectoryError):
                 continue  # vanished since the listing: the next pass sees what is there
             except PermissionError as exc:  # a folder that can be listed but not searched

@@ -165,12 +165,11 @@ def blob_to_vector(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype=np.float32)
 
 
-def rows_under(conn: Connection, root_id: int) -> dict[str, tuple[int, int, int, str]]:
-    """``path -> (id, size, mtime_ns, status)`` for every row of a root."""
-    q = select(images.c.path, images.c.id, images.c.size, images.c.mtime_ns, images.c.status)
-    return {
-        p: (i, s, m, st) for p, i, s, m, st in conn.execute(q.where(images.c.root_id == root_id))
-    }
+def rows_under(conn: Connection, root_id: int) -> dict[str, tuple[int, int, int, str, int | None]]:
+    """``path -> (id, size, mtime_ns, status, ctime_ns)`` for every row of a root."""
+    c = images.c
+    q = select(c.path, c.id, c.size, c.mtime_ns, c.status, c.ctime_ns)
+    return {p: tuple(rest) for p, *rest in conn.execute(q.where(c.root_id == root_id))}
 
 
 def find_by_path(conn: Connection, path: str) -> Any:

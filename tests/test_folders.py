@@ -1,5 +1,5 @@
-"""Folders under a root that turn unreadable or whose disk is unmounted keep their rows, like a
-root that goes away.
+"""Folders under a root that turn unreadable or whose disk is unmounted keep their rows (like a
+root that goes away), and a file that could not be read is tried again after a chmod.
 
 Modes are tested on a real process that file modes apply to (``unprivileged.py``); mounts are
 real tmpfs mounts (root only)."""
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from daemon_helpers import DaemonProcess, settled, status, wait_for
 from helpers import cli, cli_json
-from imaging import make_photos
+from imaging import draw, make_photos
 from unprivileged import json_unprivileged, obey_file_modes, require_file_modes
 
 
@@ -49,6 +49,24 @@ def test_a_folder_that_cannot_be_read_keeps_its_rows(album_lib):
     assert cli_json(data, "status")["embedded_total"] == 6
 
 
+def test_a_file_that_could_not_be_read_is_retried_after_a_chmod(album_lib):
+    photos, _album, data = album_lib
+    locked = photos / "locked.jpg"
+    draw("green", 7).save(locked)
+    locked.chmod(0)
+    report = json_unprivileged(data, "index")
+    assert report["embedded"] == 6 and report["failed"] == 1
+    failed = cli_json(data, "status", "--failed")
+    assert [f["path"] for f in failed] == [str(locked)]
+    assert "Permission denied" in failed[0]["reason"]
+    assert json_unprivileged(data, "index")["failed"] == 0  # unchanged: not tried again
+    locked.chmod(0o644)  # the mtime does not change, the ctime does
+    report = json_unprivileged(data, "index")
+    assert report["embedded"] == 1 and report["failed"] == 0
+    s = cli_json(data, "status")
+    assert s["indexed"] == 7 and s["failed"] == 0
+
+
 @pytest.mark.daemon
 def test_the_daemon_keeps_rows_of_a_folder_that_turns_unreadable(album_lib, tmp_path):
     """Polling sees the locked folder's files vanish (delete events); a restart rescans."""
@@ -76,6 +94,20 @@ def test_the_daemon_keeps_rows_of_a_folder_that_turns_unreadable(album_lib, tmp_
         wait_for(lambda: "scan done" in log.read_text().split("stopped")[-1], 30, d3.log_text)
         wait_for(lambda: settled(data, 6), 30, d3.log_text)
     assert status(data)["embedded_total"] == 6
+
+
+@pytest.mark.daemon
+def test_the_daemon_retries_a_file_that_could_not_be_read_after_a_chmod(album_lib, tmp_path):
+    photos, _album, data = album_lib
+    with DaemonProcess(data, preexec_fn=obey_file_modes) as d:
+        wait_for(lambda: settled(data, 6), 30, d.log_text)
+        outside = tmp_path / "locked.jpg"
+        draw("green", 7).save(outside)
+        outside.chmod(0)
+        outside.replace(photos / "locked.jpg")  # moved in: a creation
+        wait_for(lambda: status(data)["failed"] == 1, 20, d.log_text)
+        (photos / "locked.jpg").chmod(0o644)
+        wait_for(lambda: settled(data, 7) and status(data)["failed"] == 0, 20, d.log_text)
 
 
 class Mounts:
