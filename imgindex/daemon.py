@@ -235,7 +235,7 @@ class Daemon:
                 due[ev.path] = now + self._quiet_for(ev.kind, ev.path, now)
             elif ev.kind == "deleted":  # a little later, so a move's other half arrives first
                 due[ev.path] = now + self.settings.debounce + MOVE_GRACE_S
-            else:  # closed after writing, a folder created: after a short quiet
+            else:  # closed after writing, a chmod, a folder created: after a short quiet
                 due[ev.path] = now + self.settings.debounce
         with self.lib.engine.begin() as conn:
             for path in forget:

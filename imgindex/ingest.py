@@ -11,6 +11,7 @@ end, so a crash at any moment only leaves a FAISS file that the next open catche
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import sqlite3
@@ -31,7 +32,7 @@ from imgindex.decode import DEFAULT_MAX_PIXELS, decode_for_model
 from imgindex.errors import DecodeFailure, NotInLibrary
 from imgindex.library import Library
 from imgindex.models import get_spec
-from imgindex.scan import FileStat, is_candidate, walk
+from imgindex.scan import FileStat, Unseen, is_candidate, vanished, walk
 from imgindex.schema import STATUS_FAILED, STATUS_INDEXED, STATUS_PENDING, images
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 RETRY_WINDOW_S = 600.0  # a truncated file modified this recently may still be being written
 RETRY_DELAY_S = 30.0
 CHECKPOINT_S = 60.0  # save the FAISS index at least this often during long runs
+MOUNTS_KEY = "mount_points"  # meta: JSON list of sub-folders of roots seen as mount points
 
 
 @dataclass
@@ -53,7 +55,8 @@ class Report:
     failed: int = 0
     pending: int = 0  # to be retried later (still being written)
     removed: int = 0
-    frozen: list[str] = field(default_factory=list)  # roots skipped because unavailable
+    #: roots, mount points and folders left as they are because they are unavailable
+    frozen: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -150,35 +153,81 @@ class Ingestor:
         return out
 
     def _scan(self, root_id: int, folder: Path) -> tuple[list[tuple[int, FileStat]], list[str]]:
-        """``(files needing work, paths no longer on disk)`` for one folder."""
+        """``(files needing work, paths no longer on disk)`` for one folder. Files under a
+        folder that cannot be read, or under a mount point that is gone, are not missing."""
         with self.lib.engine.connect() as conn:
             prefix = str(folder).rstrip(os.sep) + os.sep
             known = {
                 p: r for p, r in store.rows_under(conn, root_id).items() if p.startswith(prefix)
             }
+        unseen = Unseen()
         try:
-            on_disk = list(walk(folder))
+            on_disk = list(walk(folder, unseen))
         except OSError as exc:
             return self._freeze(folder, exc.strerror or str(exc))
-        if not on_disk and any(r[3] == STATUS_INDEXED for r in known.values()):
+        gone_mounts = self._missing_mounts(folder, unseen.mounts)
+        on_gone_mount = any(is_under(str(folder), m) for m in gone_mounts)  # warned already
+        if (
+            not on_disk
+            and not on_gone_mount
+            and any(r[3] == STATUS_INDEXED for r in known.values())
+        ):
             return self._freeze(folder, "it is empty (an unmounted disk?)")
+        self._frozen(unseen.unreadable)
+        kept = unseen.unreadable + gone_mounts
         seen = {fs.path for fs in on_disk}
         if self.defer:  # left to their own events; still on disk, so not missing either
             on_disk = [fs for fs in on_disk if not self.defer(fs.path)]
         todo = []
         for fs in on_disk:
             row = known.get(fs.path)
-            if row and (row[1], row[2]) == (fs.size, fs.mtime_ns) and row[3] != STATUS_PENDING:
+            if row and is_current(row[1:], fs):
                 self.report.unchanged += 1
             else:
                 todo.append((root_id, fs))
         self.report.seen += len(on_disk)
-        return todo, [p for p in known if p not in seen]
+        missing = [p for p in known if p not in seen and not any(is_under(p, k) for k in kept)]
+        return todo, missing
 
     def _freeze(self, folder: Path, why: str) -> tuple[list, list]:
-        log.warning("root %s is unavailable (%s): left as it is, nothing removed", folder, why)
-        self.report.frozen.append(str(folder))
+        log.warning("%s is unavailable (%s): left as it is, nothing removed", folder, why)
+        self._frozen([str(folder)])
         return [], []
+
+    def _frozen(self, paths: list[str]) -> None:
+        """Report ``paths`` as left untouched (once each: the daemon's report lives long)."""
+        self.report.frozen += [p for p in dict.fromkeys(paths) if p not in self.report.frozen]
+
+    def _missing_mounts(self, folder: Path, found: list[str]) -> list[str]:
+        """Mount points at, under or above ``folder`` whose disk is gone (no longer mounted, or
+        empty) while rows live under them. The mount points a walk finds are remembered, and
+        forgotten once they are gone with no rows left under them."""
+        with self.lib.engine.begin() as conn:
+            remembered = set(json.loads(store.get_meta(conn, MOUNTS_KEY) or "[]"))
+            mounts = remembered | set(found)
+            where = str(folder)
+            here = [m for m in sorted(mounts) if is_under(m, where) or is_under(where, m)]
+            gone = [m for m in here if not mount_available(m)]
+            for m in gone:
+                if not store.paths_at_or_under(conn, m, limit=1):
+                    mounts.discard(m)
+            if mounts != remembered:
+                store.set_meta(conn, MOUNTS_KEY, json.dumps(sorted(mounts)))
+        gone = [m for m in gone if m in mounts]
+        for m in gone:
+            log.warning(
+                "mount point %s is missing (not mounted, or empty): its files are left as they "
+                "are, nothing removed",
+                m,
+            )
+        self._frozen(gone)
+        return gone
+
+    def _gone_mounts(self) -> list[str]:
+        """Remembered mount points whose disk is gone (not mounted, or empty)."""
+        with self.lib.engine.connect() as conn:
+            mounts = json.loads(store.get_meta(conn, MOUNTS_KEY) or "[]")
+        return [m for m in mounts if not mount_available(m)]
 
     # --- the pipeline ---------------------------------------------------------------------------
 
@@ -229,7 +278,9 @@ class Ingestor:
         except OSError as exc:
             return Prepared(root_id, fs, "failed", reason=f"cannot read: {exc.strerror}")
         if (st.st_size, st.st_mtime_ns) != (fs.size, fs.mtime_ns) or len(data) != st.st_size:
-            return Prepared(root_id, FileStat(fs.path, st.st_size, st.st_mtime_ns), "changed")
+            changed = FileStat(fs.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            return Prepared(root_id, changed, "changed")
+        fs = FileStat(fs.path, fs.size, fs.mtime_ns, st.st_ctime_ns)
         digest = hashlib.blake2b(data, digest_size=20).hexdigest()
         source = self._known(digest)
         if source is not None:
@@ -373,6 +424,7 @@ class Ingestor:
             "root_id": p.root_id,
             "size": p.fs.size,
             "mtime_ns": p.fs.mtime_ns,
+            "ctime_ns": p.fs.ctime_ns or None,
             "content_hash": p.content_hash,
             "updated_at": now,
         }
@@ -459,19 +511,25 @@ class Ingestor:
 
     def _moved_away(self, conn: Connection, src: Any) -> bool:
         """True when ``src``'s file is gone from a root that is available (a file on an
-        unplugged disk has not moved: its row stays, and the new file gets a copy)."""
+        unplugged disk, or in a folder that cannot be read, has not moved: its row stays, and
+        the new file gets a copy)."""
         if any(r.id == src.id for r in self._dropped.values()):
             return False  # its row was replaced in this batch (two files swapped names)
-        if os.path.exists(src.path):
+        if not vanished(src.path):
             return False  # a copy
         owner = root_of(src.path, store.list_roots(conn))
-        return owner is not None and root_available(owner[1])
+        return (
+            owner is not None
+            and root_available(owner[1])
+            and not any(is_under(src.path, m) for m in self._gone_mounts())
+        )
 
     # --- paths reported by the watcher -------------------------------------------------------
 
     def refresh_paths(self, paths: Iterable[str]) -> None:
         """Bring the library in line with the disk for these files or folders: what changed is
-        embedded, what vanished removed. Paths under an unavailable root are left alone."""
+        embedded, what vanished removed. Paths under an unavailable root, and paths that cannot
+        be looked at (in a folder that turned unreadable), are left alone."""
         with self.lib.engine.connect() as conn:
             roots = store.list_roots(conn)
         todo: list[tuple[int, FileStat]] = []
@@ -486,8 +544,10 @@ class Ingestor:
                 missing += gone
             elif os.path.isfile(path):
                 todo += self._changed(owner[0], path)
-            else:
+            elif vanished(path):
                 missing += self._under(path)
+            else:
+                log.warning("%s cannot be looked at: its rows are kept", path)
         unique = {fs.path: (rid, fs) for rid, fs in todo}  # a file and its folder both listed
         self.ingest(unique.values())
         if not self.should_stop():
@@ -500,15 +560,12 @@ class Ingestor:
             st = os.stat(path)
         except OSError:
             return []
+        fs = FileStat(path, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         with self.lib.engine.connect() as conn:
             row = store.find_by_path(conn, path)
-        if (
-            row is not None
-            and (row.size, row.mtime_ns) == (st.st_size, st.st_mtime_ns)
-            and row.status != STATUS_PENDING
-        ):
+        if row is not None and is_current((row.size, row.mtime_ns, row.status, row.ctime_ns), fs):
             return []
-        return [(root_id, FileStat(path, st.st_size, st.st_mtime_ns))]
+        return [(root_id, fs)]
 
     def _under(self, path: str) -> list[str]:
         """Rows at ``path`` or below it (a deleted folder)."""
@@ -533,13 +590,19 @@ class Ingestor:
     # --- removal and the end of a pass ----------------------------------------------------------
 
     def remove_missing(self, paths: Iterable[str]) -> int:
-        """Delete the rows of files that are no longer on disk (moved rows were updated)."""
+        """Delete the rows of files that are no longer on disk (moved rows were updated); files
+        that cannot be looked at, or on a mount point whose disk is gone, are kept."""
+        frozen = self._gone_mounts()
         gone = []
         self.lib.vectors  # noqa: B018 - caught up before this change commits
         with self.lib.engine.begin() as conn:
             for path in paths:
                 row = store.find_by_path(conn, path)
-                if row is not None and not os.path.exists(path):
+                if (
+                    row is not None
+                    and vanished(path)
+                    and not any(is_under(path, m) for m in frozen)
+                ):
                     gone.append(row.id)
             store.delete_images(conn, gone)
         self.lib.sync_index()
@@ -602,6 +665,31 @@ def root_of(path: str, roots: list[tuple[int, Path]]) -> tuple[int, Path] | None
         ):
             best = (rid, root)
     return best
+
+
+def is_current(row: tuple[int, int, str, int | None], fs: FileStat) -> bool:
+    """Whether a row ``(size, mtime_ns, status, ctime_ns)`` is up to date with the file: same
+    size and mtime, not pending, and for a failed file also the same ctime (a chmod or chown
+    since it failed, e.g. of a file that could not be read, is worth another try)."""
+    size, mtime_ns, status, ctime_ns = row
+    if (size, mtime_ns) != (fs.size, fs.mtime_ns) or status == STATUS_PENDING:
+        return False
+    return status != STATUS_FAILED or ctime_ns == fs.ctime_ns
+
+
+def is_under(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or inside it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def mount_available(point: str) -> bool:
+    """Whether a disk is still mounted at ``point`` (its device differs from its parent
+    folder's) and holds something: a mount point that is gone is frozen like a root."""
+    try:
+        mounted = os.stat(point).st_dev != os.stat(os.path.dirname(point)).st_dev
+    except OSError:
+        return False
+    return mounted and root_available(Path(point))
 
 
 def root_available(root: Path) -> bool:

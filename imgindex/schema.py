@@ -80,6 +80,7 @@ images = Table(
     Column("retry_after", Float),  # revision 0002
     Column("label", Integer),  # ImageNet top-1 class index, when the model has a head (0005)
     Column("phash", Integer),  # 64-bit perceptual (DCT) hash as a signed integer (0005)
+    Column("ctime_ns", Integer),  # inode change time: a failed file is retried on a chmod (0006)
     sqlite_autoincrement=True,
 )
 Index("ix_images_content_hash", images.c.content_hash)

@@ -205,12 +205,11 @@ def blob_to_vector(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype=np.float32)
 
 
-def rows_under(conn: Connection, root_id: int) -> dict[str, tuple[int, int, int, str]]:
-    """``path -> (id, size, mtime_ns, status)`` for every row of a root."""
-    q = select(images.c.path, images.c.id, images.c.size, images.c.mtime_ns, images.c.status)
-    return {
-        p: (i, s, m, st) for p, i, s, m, st in conn.execute(q.where(images.c.root_id == root_id))
-    }
+def rows_under(conn: Connection, root_id: int) -> dict[str, tuple[int, int, int, str, int | None]]:
+    """``path -> (id, size, mtime_ns, status, ctime_ns)`` for every row of a root."""
+    c = images.c
+    q = select(c.path, c.id, c.size, c.mtime_ns, c.status, c.ctime_ns)
+    return {p: tuple(rest) for p, *rest in conn.execute(q.where(c.root_id == root_id))}
 
 
 def find_by_path(conn: Connection, path: str) -> Any:
@@ -301,12 +300,12 @@ def stack_blobs(blobs: list[bytes], dim: int) -> np.ndarray:
     return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim).copy()
 
 
-def paths_at_or_under(conn: Connection, path: str) -> list[str]:
-    """Rows whose path is ``path`` or inside the folder ``path``."""
+def paths_at_or_under(conn: Connection, path: str, limit: int | None = None) -> list[str]:
+    """Rows whose path is ``path`` or inside the folder ``path`` (the first ``limit``)."""
     prefix = names.to_bytes(path.rstrip(os.sep) + os.sep)  # compared as bytes: see FsPath
     head = func.substr(cast(images.c.path, LargeBinary), 1, len(prefix))
     q = select(images.c.path).where((images.c.path == path) | (head == prefix))
-    return list(conn.execute(q).scalars())
+    return list(conn.execute(q.limit(limit)).scalars())
 
 
 def move_paths(conn: Connection, src: str, dest: str, root_id: int) -> tuple[int, list[int]]:

@@ -50,7 +50,7 @@ WATCH_LIMIT_FILE = Path("/proc/sys/fs/inotify/max_user_watches")
 class RawEvent:
     """What watchdog reported, untouched."""
 
-    kind: str  # created | modified | closed | deleted | moved
+    kind: str  # created | modified | attrib | closed | deleted | moved
     path: str
     dest: str
     is_dir: bool
@@ -59,15 +59,17 @@ class RawEvent:
 class EventSink(FileSystemEventHandler):
     """The only handler: appends to a deque and wakes the daemon's loop."""
 
-    IGNORED = frozenset({"opened", "closed_no_write", "attrib"})
+    IGNORED = frozenset({"opened", "closed_no_write"})
 
     def __init__(self) -> None:
         self.events: deque[RawEvent] = deque()
         self.wake = threading.Event()
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        # a file's "attrib" is kept: a chmod makes a file that could not be read worth another
+        # try, and ``touch`` changes the mtime with no other event
         if event.event_type in self.IGNORED or (
-            event.is_directory and event.event_type == "modified"
+            event.is_directory and event.event_type in ("modified", "attrib")
         ):
             return
         self.events.append(

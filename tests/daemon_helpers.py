@@ -19,7 +19,12 @@ class DaemonProcess:
     """Starts ``python -m imgindex daemon`` on a library and reads its sd_notify messages."""
 
     def __init__(
-        self, data: Path, *args: str, watchdog_usec: int | None = None, quick: bool = True
+        self,
+        data: Path,
+        *args: str,
+        watchdog_usec: int | None = None,
+        quick: bool = True,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         """``quick``: short ``--debounce`` and ``--batch-seconds`` (else the settings')."""
         self.data = data
@@ -46,6 +51,7 @@ class DaemonProcess:
             stdout=subprocess.PIPE,
             stderr=self.log,
             env=env,
+            preexec_fn=preexec_fn,
         )
 
     def read_messages(self) -> list[str]:

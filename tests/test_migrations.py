@@ -33,14 +33,14 @@ def test_migrations_build_exactly_the_schema_the_code_queries(tmp_path):
     assert diff == []
 
 
-def _v1_library(tmp_path: Path) -> tuple[Path, Path]:
-    """A database at revision 0001 holding two indexed images of real files."""
+def _v1_library(tmp_path: Path, revision: str = "0001") -> tuple[Path, Path]:
+    """A database at ``revision`` holding two indexed images of real files."""
     photos = tmp_path / "photos"
     files = make_photos(photos, "red", 2)
     data = tmp_path / "data"
     data.mkdir()
     db = data / "imgindex.db"
-    migrate.upgrade(store.make_engine(db), db, target="0001")
+    migrate.upgrade(store.make_engine(db), db, target=revision)
     with sqlite3.connect(db) as conn:
         conn.executemany(
             "INSERT INTO meta VALUES (?, ?)",
@@ -118,3 +118,24 @@ def test_upgraded_library_logs_index_changes_and_keeps_them_through_later_revisi
         assert conn.execute("SELECT count(*) FROM index_log").fetchone()[0] == before + 1
     status = cli_json(data, "status")
     assert status["indexed"] == status["index_size"] == 1
+
+
+def test_upgrade_to_ctimes_retries_a_failed_file_once_and_keeps_indexed_ones(tmp_path):
+    """0005 rows have no ctime: an indexed file is still unchanged, a failed one (it could not
+    be read, say) is tried again once, then only when its ctime changes."""
+    photos, data = _v1_library(tmp_path, "0005")
+    locked = make_photos(photos, "blue", 1, start=9)[0].resolve()
+    st = locked.stat()
+    with sqlite3.connect(data / "imgindex.db") as conn:
+        conn.execute(
+            "INSERT INTO images (path, root_id, size, mtime_ns, status, reason, updated_at)"
+            " VALUES (?, 1, ?, ?, 'failed', 'cannot read: Permission denied', 0.0)",
+            (str(locked), st.st_size, st.st_mtime_ns),
+        )
+    report = cli_json(data, "index")
+    assert report["unchanged"] == 2 and report["embedded"] == 1 and report["failed"] == 0
+    with sqlite3.connect(data / "imgindex.db") as conn:
+        ctime = conn.execute("SELECT ctime_ns FROM images WHERE path = ?", (str(locked),))
+        assert ctime.fetchone()[0] == locked.stat().st_ctime_ns
+        assert conn.execute("SELECT count(*) FROM images WHERE ctime_ns IS NULL").fetchone() == (2,)
+    assert cli_json(data, "index")["unchanged"] == 3
