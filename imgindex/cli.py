@@ -527,7 +527,8 @@ def check_cmd(
     else:
         for p in report.problems:
             state = "repaired" if p.repaired else "problem"
-            typer.echo(f"{state}: {p.area}: {p.what}" + (f" ({p.action})" if p.action else ""))
+            line = f"{state}: {p.area}: {p.what}" + (f" ({p.action})" if p.action else "")
+            typer.echo(names.printable(line))
         typer.echo(
             f"{report.indexed} indexed, cache {report.cache_file or 'none'}: "
             f"{len(report.problems)} problems, {len(report.problems) - len(report.unrepaired)} "
