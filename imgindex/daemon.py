@@ -26,7 +26,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from imgindex import settings, store
 from imgindex.errors import ImgIndexError
-from imgindex.ingest import Ingestor, root_available, root_of
+from imgindex.fsafe import root_available, root_of
+from imgindex.ingest import Ingestor
 from imgindex.library import Library
 from imgindex.names import shown
 from imgindex.notify import Notifier

@@ -21,6 +21,8 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
+from imgindex.fsafe import is_under
+
 log = logging.getLogger(__name__)
 
 #: File systems where inotify does not see changes made by other machines.
@@ -117,8 +119,7 @@ def mount_type(path: Path, mountinfo: str | None = None) -> str:
         if len(fields) < 5 or not right:
             continue
         point = fields[4].replace("\\040", " ")
-        inside = target == point or target.startswith(point.rstrip("/") + "/")
-        if inside and len(point) >= len(best):
+        if is_under(target, point) and len(point) >= len(best):
             best, fstype = point, right.split()[0]
     return fstype
 
