@@ -1,5 +1,5 @@
 """``imgindex.fsafe`` on real files: atomic replacement, ``flock`` locks across processes, and
-whether a path lies under a root."""
+whether a path lies under a root (plus the mount tables' paths that the mount test reads)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 from unprivileged import obey_file_modes, require_file_modes
 
 from imgindex import diskspace, fsafe
+from imgindex.watch import mount_type
 
 LATIN1 = os.fsdecode(b"caf\xe9")  # a name that is not UTF-8, as os.fsdecode gives it
 
@@ -298,3 +299,39 @@ def test_root_available_only_when_it_shows_something(tmp_path: Path) -> None:
     assert not fsafe.root_available(empty)  # an unmounted disk's mount point looks like this
     assert not fsafe.root_available(tmp_path / "missing")
     assert not fsafe.root_available(afile)
+
+
+# --- the mount test ---------------------------------------------------------------------------
+
+
+def test_mount_points_with_odd_names_are_found(tmp_path: Path) -> None:
+    """A mount point named in Latin-1, with a space and a backslash: the mount tables write
+    the bytes as they are and escape the rest; both the watcher's and the full-disk error's
+    lookups find it (before, the first such mount anywhere broke both)."""
+    point = tmp_path / f"{LATIN1} a\\b"
+    point.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", point], capture_output=True
+    )
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode(errors='replace').strip()}")
+    try:
+        assert mount_type(point / "photos") == "tmpfs"
+        assert diskspace.device_of(point) == "tmpfs"
+    finally:
+        if subprocess.run(["umount", point], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", point], check=True)
+
+
+def test_mount_points_with_escaped_characters_are_matched() -> None:
+    """The kernel writes space, tab, newline and backslash in mount points as octal escapes."""
+    mountinfo = (
+        "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n"
+        "40 22 0:50 / /mnt/a\\134b rw - nfs4 nas:/photos rw\n"
+        "41 22 0:51 / /mnt/Fotos\\040\\011Über rw - cifs //nas/share rw\n"
+    )
+    assert mount_type(Path("/mnt/a\\b/2024"), mountinfo) == "nfs4"
+    assert mount_type(Path("/mnt/Fotos \tÜber/x"), mountinfo) == "cifs"
+    assert diskspace.unescape("/mnt/Fotos\\040Über") == "/mnt/Fotos Über"
