@@ -421,8 +421,7 @@ class Daemon:
         return any(is_ignored(part) or self.settings.ignores(part) for part in rel)
 
     def _root(self, path: str) -> Path | None:
-        found = root_of(path, list(enumerate(self.roots)))
-        return found[1] if found else None
+        return root_of(path, self.roots)
 
     def _queued(self) -> int:
         with self.lib.engine.connect() as conn:

@@ -20,10 +20,11 @@ import os
 import secrets
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, Any, TypeVar, cast
+from typing import IO, Any, TypeVar, overload
 
 T = TypeVar("T")
 StrPath = str | os.PathLike[str]
+P = TypeVar("P", bound=StrPath)
 
 NAME_MAX = 255  # bytes in one file name
 TEMP_SUFFIX = ".tmp"
@@ -219,15 +220,19 @@ def overlaps(a: StrPath, b: StrPath) -> bool:
     return _within(na, nb) or _within(nb, na)
 
 
+@overload
+def root_of(path: StrPath, roots: Iterable[P]) -> P | None: ...
+@overload
+def root_of(path: StrPath, roots: Iterable[T], key: Callable[[T], StrPath]) -> T | None: ...
 def root_of(
-    path: StrPath, roots: Iterable[T], key: Callable[[T], StrPath] | None = None
-) -> T | None:
+    path: StrPath, roots: Iterable[Any], key: Callable[[Any], StrPath] | None = None
+) -> Any:
     """The innermost of ``roots`` holding ``path`` (``key``: a root's path, where ``roots``
     holds something else, such as ``(id, path)`` pairs), or None."""
     p = _norm(path)
     best, depth = None, -1
     for root in roots:
-        r = _norm(key(root) if key is not None else cast(StrPath, root))
+        r = _norm(key(root) if key is not None else root)
         if len(r) > depth and _within(p, r):
             best, depth = root, len(r)
     return best
