@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -23,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from imgindex import store
+from imgindex import fsafe, store
 
 log = logging.getLogger(__name__)
 
@@ -175,16 +173,12 @@ def _load(path: Path, key: str) -> Atlas | None:
 
 
 def _save(path: Path, key: str, atlas: Atlas) -> None:
-    tmp: Path | None = None
+    def fill(fh: Any) -> None:
+        np.savez(
+            fh, key=key, ids=atlas.ids, xy=atlas.xy, method=atlas.method, sampled=atlas.sampled
+        )
+
     try:
-        fd, name = tempfile.mkstemp(prefix=".map.", suffix=".tmp", dir=path.parent)
-        tmp = Path(name)
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(
-                fh, key=key, ids=atlas.ids, xy=atlas.xy, method=atlas.method, sampled=atlas.sampled
-            )
-        os.replace(tmp, path)
+        fsafe.atomic_write(path, fill)
     except OSError as exc:
         log.warning("map not cached in %s: %s", path, exc)
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)

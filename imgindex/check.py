@@ -14,7 +14,6 @@ dropped, leftover files removed. What cannot be repaired (a damaged database) is
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from sqlalchemy import delete, func, select, update
 
 from imgindex import store
 from imgindex.errors import ImgIndexError
+from imgindex.fsafe import is_under
 from imgindex.library import Library, record_key
 from imgindex.schema import STATUS_INDEXED, STATUS_PENDING, images, queue
 from imgindex.vindex import FileRecord, ids_in, index_files, read_file, vectors_in
@@ -272,7 +272,7 @@ def _stuck(lib: Library, report: CheckReport) -> None:
 
 
 def _under_any(path: str, roots: list[Path]) -> bool:
-    return any(path == str(r) or path.startswith(str(r).rstrip(os.sep) + os.sep) for r in roots)
+    return any(is_under(path, r) for r in roots)
 
 
 def _unqueue(lib: Library, paths: list[str]) -> str:

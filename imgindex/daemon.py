@@ -26,7 +26,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from imgindex import settings, store
 from imgindex.errors import ImgIndexError
-from imgindex.ingest import Ingestor, root_available, root_of
+from imgindex.fsafe import root_available, root_of
+from imgindex.ingest import Ingestor
 from imgindex.library import Library
 from imgindex.names import shown
 from imgindex.notify import Notifier
@@ -420,8 +421,7 @@ class Daemon:
         return any(is_ignored(part) or self.settings.ignores(part) for part in rel)
 
     def _root(self, path: str) -> Path | None:
-        found = root_of(path, list(enumerate(self.roots)))
-        return found[1] if found else None
+        return root_of(path, self.roots)
 
     def _queued(self) -> int:
         with self.lib.engine.connect() as conn:

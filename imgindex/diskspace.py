@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from pathlib import Path
 
 from imgindex.errors import DiskFull
 
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 
 def is_full(exc: BaseException) -> bool:
@@ -27,14 +29,13 @@ def mount_point(path: Path) -> Path:
 
 def device_of(mount: Path) -> str | None:
     """What is mounted at ``mount`` (``/dev/sda2``, ``tmpfs``), from ``/proc/self/mounts``."""
-    try:
-        lines = Path("/proc/self/mounts").read_text().splitlines()
-    except OSError:
+    table = read_proc("mounts")
+    if table is None:
         return None
     found = None
-    for line in lines:
+    for line in table.splitlines():
         fields = line.split()
-        if len(fields) > 1 and _unescape(fields[1]) == str(mount):
+        if len(fields) > 1 and unescape(fields[1]) == str(mount):
             found = fields[0]  # the last one mounted there is the one in use
     return found
 
@@ -74,6 +75,16 @@ def human_bytes(n: int) -> str:
     return f"{size:.1f} TB"
 
 
-def _unescape(field: str) -> str:
-    """``/proc/self/mounts`` writes spaces and friends as octal escapes (``\\040``)."""
-    return field.encode().decode("unicode_escape") if "\\" in field else field
+def read_proc(name: str) -> str | None:
+    """``/proc/self/NAME`` (``mounts``, ``mountinfo``) as text, None when unreadable. Names that
+    are not UTF-8 are decoded as ``os.fsdecode`` decodes them, so they compare equal to paths."""
+    try:
+        return os.fsdecode(Path("/proc/self", name).read_bytes())
+    except OSError:
+        return None
+
+
+def unescape(field: str) -> str:
+    """A path in ``/proc/self/mounts`` or ``mountinfo``: space, tab, newline and backslash are
+    written as octal escapes (``\\040``)."""
+    return _ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), field)

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
 from sqlalchemy import select
 
-from imgindex import names
+from imgindex import fsafe, names
 from imgindex.errors import ImgIndexError
 from imgindex.schema import STATUS_INDEXED, images
 
@@ -80,24 +78,10 @@ def save(dest: str, writer: Callable[[list[dict[str, Any]], TextIO], None], data
 
 
 def write_atomically(path: Path, fill: Callable[[Any], None], *, text: bool) -> int:
-    """Create ``path`` through a temporary file beside it; its size in bytes."""
-    tmp: str | None = None
+    """Create ``path`` through a temporary file beside it (``fsafe.atomic_write``); its size
+    in bytes. Failing to write it is an ``ImgIndexError`` naming it."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        mode = "w" if text else "wb"
-        kwargs = {"encoding": "utf-8", "errors": "surrogateescape", "newline": ""} if text else {}
-        with os.fdopen(fd, mode, **kwargs) as fh:
-            fill(fh)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        fsafe.atomic_write(path, fill, text=text)
         return path.stat().st_size
     except OSError as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
         raise ImgIndexError(f"cannot write {path}: {exc.strerror or exc}") from exc
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

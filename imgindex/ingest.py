@@ -30,6 +30,7 @@ from sqlalchemy import Connection, select, update
 from imgindex import names, organize, store
 from imgindex.decode import DEFAULT_MAX_PIXELS, decode_for_model
 from imgindex.errors import DecodeFailure, NotInLibrary
+from imgindex.fsafe import is_under, root_available, root_of
 from imgindex.library import Library
 from imgindex.models import get_spec
 from imgindex.scan import FileStat, Unseen, is_candidate, vanished, walk
@@ -143,22 +144,21 @@ class Ingestor:
             return roots
         out = []
         for folder in folders:
-            owner = [(rid, r) for rid, r in roots if folder == r or r in folder.parents]
-            if not owner:
+            owner = _owner(folder, roots)
+            if owner is None:
                 raise NotInLibrary(
                     f"{folder} is not under any root of the library; add it with "
                     f"`imgindex init {folder}`"
                 )
-            out.append((owner[0][0], folder))
+            out.append((owner[0], folder))
         return out
 
     def _scan(self, root_id: int, folder: Path) -> tuple[list[tuple[int, FileStat]], list[str]]:
         """``(files needing work, paths no longer on disk)`` for one folder. Files under a
         folder that cannot be read, or under a mount point that is gone, are not missing."""
         with self.lib.engine.connect() as conn:
-            prefix = str(folder).rstrip(os.sep) + os.sep
             known = {
-                p: r for p, r in store.rows_under(conn, root_id).items() if p.startswith(prefix)
+                p: r for p, r in store.rows_under(conn, root_id).items() if is_under(p, folder)
             }
         unseen = Unseen()
         try:
@@ -517,7 +517,7 @@ class Ingestor:
             return False  # its row was replaced in this batch (two files swapped names)
         if not vanished(src.path):
             return False  # a copy
-        owner = root_of(src.path, store.list_roots(conn))
+        owner = _owner(src.path, store.list_roots(conn))
         return (
             owner is not None
             and root_available(owner[1])
@@ -535,7 +535,7 @@ class Ingestor:
         todo: list[tuple[int, FileStat]] = []
         missing: list[str] = []
         for path in paths:
-            owner = root_of(path, roots)
+            owner = _owner(path, roots)
             if owner is None or not root_available(owner[1]):
                 continue
             if os.path.isdir(path):
@@ -577,7 +577,7 @@ class Ingestor:
         Returns how many rows moved; files the rows do not match are left to a refresh."""
         with self.lib.engine.connect() as conn:
             roots = store.list_roots(conn)
-        owner = root_of(dest, roots)
+        owner = _owner(dest, roots)
         if owner is None:
             return 0
         self.lib.vectors  # noqa: B018 - caught up before this change commits
@@ -655,16 +655,9 @@ def looks_like_image(head: bytes) -> bool:
     return head[4:8] == b"ftyp"  # HEIF, HEIC, AVIF (ISO base media)
 
 
-def root_of(path: str, roots: list[tuple[int, Path]]) -> tuple[int, Path] | None:
-    """The innermost root holding ``path``."""
-    best = None
-    for rid, root in roots:
-        prefix = str(root).rstrip(os.sep) + os.sep
-        if (path == str(root) or path.startswith(prefix)) and (
-            best is None or len(str(root)) > len(str(best[1]))
-        ):
-            best = (rid, root)
-    return best
+def _owner(path: str | Path, roots: list[tuple[int, Path]]) -> tuple[int, Path] | None:
+    """The ``(id, root)`` of the innermost root holding ``path``."""
+    return root_of(path, roots, key=lambda pair: pair[1])
 
 
 def is_current(row: tuple[int, int, str, int | None], fs: FileStat) -> bool:
@@ -677,11 +670,6 @@ def is_current(row: tuple[int, int, str, int | None], fs: FileStat) -> bool:
     return status != STATUS_FAILED or ctime_ns == fs.ctime_ns
 
 
-def is_under(path: str, folder: str) -> bool:
-    """Whether ``path`` is ``folder`` or inside it."""
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
 def mount_available(point: str) -> bool:
     """Whether a disk is still mounted at ``point`` (its device differs from its parent
     folder's) and holds something: a mount point that is gone is frozen like a root."""
@@ -689,16 +677,7 @@ def mount_available(point: str) -> bool:
         mounted = os.stat(point).st_dev != os.stat(os.path.dirname(point)).st_dev
     except OSError:
         return False
-    return mounted and root_available(Path(point))
-
-
-def root_available(root: Path) -> bool:
-    """A root that is missing, unreadable or suddenly empty is frozen, never emptied."""
-    try:
-        with os.scandir(root) as it:
-            return next(it, None) is not None
-    except OSError:
-        return False
+    return mounted and root_available(point)
 
 
 def _ordered_map(

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import numpy as np
 from sqlalchemy import Connection, Engine, delete, func, select, update
 
-from imgindex import diskspace, store
+from imgindex import diskspace, fsafe, store
 from imgindex.errors import DiskFull, ImgIndexError, LibraryNotFound, ModelMismatch
 from imgindex.migrate import ensure_schema, no_library
 from imgindex.models import DEFAULT_MODEL, get_spec
@@ -187,7 +187,7 @@ class Library:
             existing = [p for _, p in store.list_roots(conn)]
             for root in roots:
                 for other in existing:
-                    if root != other and (root in other.parents or other in root.parents):
+                    if root != other and fsafe.overlaps(root, other):
                         raise ImgIndexError(
                             f"{root} and root {other} would overlap; a folder can belong to "
                             "one root only"

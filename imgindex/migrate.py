@@ -8,15 +8,14 @@ an up-to-date library stays fast.
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import logging
-import os
 import sqlite3
 from pathlib import Path
 
 from sqlalchemy import Engine, inspect, text
 
+from imgindex import fsafe
 from imgindex.errors import ImgIndexError, LibraryNotFound, SchemaTooNew
 
 log = logging.getLogger(__name__)
@@ -90,12 +89,9 @@ def ensure_schema(
             f"the library in {db_path.parent} has schema revision {rev}, older than this "
             f"imgindex reads ({SCHEMA_HEAD}); a user who can write it must run `imgindex migrate`"
         )
-    lock = os.open(db_path.with_name(f"{db_path.name}.migrate.lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two processes opening an old database: one migrates
+    with fsafe.Flock(db_path.with_name(f"{db_path.name}.migrate.lock")) as lock:
+        lock.exclusive()  # two processes opening an old database: one migrates
         _upgrade_locked(engine, db_path)
-    finally:
-        os.close(lock)
 
 
 def no_library(db_path: Path) -> LibraryNotFound:

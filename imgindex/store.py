@@ -6,7 +6,6 @@ batch of images, its vectors and its cluster update commit together or not at al
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sqlite3
 import time
@@ -31,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from imgindex import names
+from imgindex import fsafe, names
 from imgindex.errors import ImgIndexError, LibraryLocked
 from imgindex.schema import STATUS_INDEXED, images, index_log, meta, roots
 
@@ -90,48 +89,24 @@ def connect_read_only(db_path: Path) -> sqlite3.Connection:
 _NO_SHM = ("SQLITE_READONLY_DIRECTORY", "SQLITE_CANTOPEN")  # the -shm file cannot be created
 
 
-class WriteLock:
+class WriteLock(fsafe.Flock):
     """An exclusive ``flock`` on the library's lock file: one writer per library."""
 
     def __init__(self, path: Path, purpose: str) -> None:
-        self.path = path
+        super().__init__(path)
         self.purpose = purpose
-        self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
+        holder = self.try_exclusive(f"pid {os.getpid()} ({self.purpose})")
+        if holder is not None:
             raise LibraryLocked(
                 f"library {self.path.parent} is being written by {holder}; wait for it to "
                 "finish or stop it (or use --data-dir for another library)"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} ({self.purpose})\n".encode(), 0)
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing drops the flock
-            self._fd = None
+            )
 
 
-def lock_holder(path: Path) -> str | None:
-    """Who holds the write lock (``"pid N (purpose)"``), or None when nobody does."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-    finally:
-        os.close(fd)  # also drops the shared lock if we got it
-    return None
+#: Who holds the write lock (``"pid N (purpose)"``), or None when nobody does.
+lock_holder = fsafe.holder
 
 
 # --- settings ---------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ wanted layout is compared with the manifest and only the differences reach the d
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
+from imgindex import fsafe
 from imgindex.clusterstore import titles
 from imgindex.errors import ImgIndexError
 from imgindex.schema import STATUS_INDEXED, images
@@ -176,7 +176,7 @@ def read_manifest(view_dir: Path) -> Manifest:
         _last_read[str(path)] = (key, manifest)
         return manifest
     except FileNotFoundError:
-        if any(p.name != f"{MANIFEST}.tmp" for p in view_dir.iterdir()):
+        if any(not _manifest_temp(p.name) for p in view_dir.iterdir()):
             raise ImgIndexError(
                 f"{view_dir} is not empty and has no {MANIFEST}, so imgindex did not make it; "
                 "choose an empty or new folder"
@@ -189,6 +189,12 @@ def read_manifest(view_dir: Path) -> Manifest:
         ) from None
 
 
+def _manifest_temp(name: str) -> bool:
+    """Whether ``name`` is a temporary manifest a crash left (older versions named theirs
+    ``.imgindex-view.json.tmp``)."""
+    return name == f"{MANIFEST}.tmp" or fsafe.is_temp_for(name, MANIFEST)
+
+
 def write_manifest(view_dir: Path, manifest: Manifest) -> None:
     """Replace the manifest atomically (ASCII JSON: any file name survives)."""
     data = {
@@ -199,26 +205,18 @@ def write_manifest(view_dir: Path, manifest: Manifest) -> None:
             for rel, e in sorted(manifest.entries.items())
         },
     }
-    tmp = view_dir / f"{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(data, separators=(",", ":")), encoding="ascii")
-    os.replace(tmp, view_dir / MANIFEST)
+    text = json.dumps(data, separators=(",", ":"))
+    fsafe.atomic_write(view_dir / MANIFEST, lambda fh: fh.write(text.encode("ascii")))
 
 
 @contextmanager
 def _locked(view_dir: Path) -> Iterator[None]:
-    """One updater per view at a time (a ``flock`` on the folder itself)."""
-    fd = os.open(view_dir, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ImgIndexError(f"{view_dir} is being updated by another imgindex") from None
-        except OSError as exc:  # some network file systems: go on without the lock
-            if exc.errno not in (errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
-                raise
+    """One updater per view at a time (a ``flock`` on the folder itself; some network file
+    systems have none: then we go on without it)."""
+    with fsafe.Flock(view_dir, folder=True, optional=True) as lock:
+        if lock.try_exclusive() is not None:
+            raise ImgIndexError(f"{view_dir} is being updated by another imgindex")
         yield
-    finally:
-        os.close(fd)
 
 
 # --- the files ------------------------------------------------------------------------------
@@ -382,7 +380,7 @@ def check_place(view_dir: Path, roots: list[Path]) -> None:
     v = view_dir.resolve()
     for root in roots:
         r = root.resolve()
-        if v == r or r in v.parents or v in r.parents:
+        if fsafe.overlaps(v, r):
             raise ImgIndexError(
                 f"{view_dir} overlaps the photo folder {r}; put the view outside the roots"
             )

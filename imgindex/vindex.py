@@ -27,11 +27,12 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import IO
 
 import faiss
 import numpy as np
 
-from imgindex import diskspace
+from imgindex import diskspace, fsafe
 
 log = logging.getLogger(__name__)
 
@@ -268,21 +269,17 @@ class VectorIndex:
     def write_temp(self, folder: Path, library: str) -> tuple[Path, FileRecord]:
         """Write the index to a temporary file in ``folder``, fsynced, and its record (hashed
         on the way). Leaves no temporary file when it fails; a full disk raises DiskFull."""
-        tmp = folder / f".{file_name(self.seq)}.{os.getpid()}.tmp"
+        path = folder / file_name(self.seq)
         ivf = self.ivf
         if ivf is not None:  # the file goes without the id hash table: mapping stays instant
             ivf.set_direct_map_type(faiss.DirectMap.NoMap)
         try:
-            digest, size = _write_hashed(self.index, tmp)
+            tmp, (digest, size) = fsafe.write_temp(path, lambda fh: _write_hashed(self.index, fh))
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             if not diskspace.is_full(exc):
                 raise
-            what = f"the vector index {folder / file_name(self.seq)}"
+            what = f"the vector index {path}"
             raise diskspace.no_room(folder, _serialized_size(self.index), what, exc) from exc
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         finally:
             if ivf is not None:
                 ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
@@ -290,31 +287,23 @@ class VectorIndex:
 
     def install(self, tmp: Path, path: Path) -> None:
         """Rename a written temporary file to ``path`` (atomically, durably)."""
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsafe.atomic_replace(tmp, path)
         self.path = path
 
 
-def _write_hashed(index: faiss.Index, path: Path) -> tuple[str, int]:
-    """Write ``index`` to ``path`` and fsync it; its BLAKE2b and size, computed on the way."""
+def _write_hashed(index: faiss.Index, fh: IO[bytes]) -> tuple[str, int]:
+    """Write ``index`` to ``fh``; its BLAKE2b and size, computed on the way."""
     h = hashlib.blake2b()
     size = 0
-    with open(path, "wb") as fh:
 
-        def put(chunk: bytes) -> int:
-            nonlocal size
-            fh.write(chunk)
-            h.update(chunk)
-            size += len(chunk)
-            return len(chunk)
+    def put(chunk: bytes) -> int:
+        nonlocal size
+        fh.write(chunk)
+        h.update(chunk)
+        size += len(chunk)
+        return len(chunk)
 
-        faiss.write_index(index, faiss.PyCallbackIOWriter(put))
-        fh.flush()
-        os.fsync(fh.fileno())
+    faiss.write_index(index, faiss.PyCallbackIOWriter(put))
     return h.hexdigest(), size
 
 

@@ -21,6 +21,9 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
+from imgindex.diskspace import read_proc, unescape
+from imgindex.fsafe import is_under
+
 log = logging.getLogger(__name__)
 
 #: File systems where inotify does not see changes made by other machines.
@@ -105,9 +108,8 @@ class _OverflowSpy(logging.Handler):
 def mount_type(path: Path, mountinfo: str | None = None) -> str:
     """File-system type of the mount holding ``path`` (from /proc/self/mountinfo)."""
     if mountinfo is None:
-        try:
-            mountinfo = Path("/proc/self/mountinfo").read_text()
-        except OSError:
+        mountinfo = read_proc("mountinfo")
+        if mountinfo is None:
             return "unknown"
     target = os.path.realpath(path)
     best, fstype = "", "unknown"
@@ -116,9 +118,8 @@ def mount_type(path: Path, mountinfo: str | None = None) -> str:
         fields = left.split()
         if len(fields) < 5 or not right:
             continue
-        point = fields[4].replace("\\040", " ")
-        inside = target == point or target.startswith(point.rstrip("/") + "/")
-        if inside and len(point) >= len(best):
+        point = unescape(fields[4])
+        if is_under(target, point) and len(point) >= len(best):
             best, fstype = point, right.split()[0]
     return fstype
 

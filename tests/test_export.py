@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,22 @@ def test_the_map_is_cached_and_recomputed_when_the_library_changes(library):
 
 def export_json(data: Path) -> list[dict]:
     return json.loads(cli(data, "export", "--json", "-").stdout)
+
+
+def test_the_map_cache_gets_the_mode_other_library_files_get(library, tmp_path):
+    """A reader of another user's library finds the cached map readable, as the database and
+    the FAISS file are: 0666 less the umask (it was 0600: every such reader recomputed it)."""
+    _, data = library
+    umask = os.umask(0o022)
+    try:
+        cli(data, "export", "--csv", tmp_path / "images.csv")
+    finally:
+        os.umask(umask)
+    faiss_file = next(data.glob("vectors.*.faiss"))
+    assert (data / atlas.MAP_NAME).stat().st_mode & 0o777 == 0o644
+    assert faiss_file.stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "images.csv").stat().st_mode & 0o777 == 0o644
+    assert not [p.name for p in data.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_big_libraries_lay_out_a_sample_and_place_the_rest_by_neighbours(library):

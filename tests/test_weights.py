@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -142,6 +143,21 @@ def test_truncated_download_leaves_nothing(server, tmp_path) -> None:
     with pytest.raises(WeightsUnavailable, match="cannot download weights from http://127"):
         cached_download(url, tmp_path, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_downloaded_file_gets_the_mode_other_library_files_get(server, tmp_path) -> None:
+    """The weights live in the library's data directory, where another user reading the
+    library needs them too: 0666 less the umask, as ``open`` gives (they were 0600)."""
+    data = b"0123456789" * 1000
+    url = f"{CANONICAL_BASE}blob-{hashlib.sha256(data).hexdigest()[:8]}.bin"
+    server.files["/weights/" + url.rsplit("/", 1)[1]] = (data, None)
+    umask = os.umask(0o022)
+    try:
+        got = cached_download(url, tmp_path, progress=False)
+    finally:
+        os.umask(umask)
+    assert got.read_bytes() == data and got.stat().st_mode & 0o777 == 0o644
+    assert list(tmp_path.iterdir()) == [got]
 
 
 def test_missing_file_on_server(server, monkeypatch, tmp_path) -> None:

@@ -15,13 +15,13 @@ import http.client
 import os
 import re
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import IO
 
+from imgindex import fsafe
 from imgindex.errors import WeightsUnavailable
 
 CANONICAL_BASE = "https://download.pytorch.org/models/"
@@ -75,22 +75,18 @@ def _reason(exc: BaseException) -> str:
 
 def _download(source: str, target: Path, want: str | None, *, progress: bool) -> None:
     """Stream SOURCE into a temp file beside TARGET, check WANT, rename; cleans up on failure."""
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(source, timeout=_TIMEOUT_S) as resp:
+
+    def fill(out: IO[bytes]) -> None:
+        with urllib.request.urlopen(source, timeout=_TIMEOUT_S) as resp:
             total = int(resp.headers.get("Content-Length") or 0)
             digest = _copy(resp, out, total, target.name if progress else None)
-            out.flush()
-            os.fsync(out.fileno())
         if want and not digest.startswith(want):
             raise WeightsUnavailable(
                 f"weights from {source} are corrupt (sha256 {digest[: len(want)]}, expected "
                 f"{want}); try again, or download it elsewhere and pass --weights FILE"
             )
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    fsafe.atomic_write(target, fill)
 
 
 def _copy(src: IO[bytes], dst: IO[bytes], total: int, label: str | None) -> str:
