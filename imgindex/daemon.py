@@ -193,8 +193,6 @@ class Daemon:
         self._next_rescan = time.monotonic() + self.settings.rescan_interval * random.uniform(
             0.9, 1.1
         )
-        with self.lib.engine.begin() as conn:
-            store.set_meta(conn, "status.last_scan_at", time.time())
         self._update_view()
         log.info(
             "scan %s: %d embedded, %d moved, %d removed, %d failed, %d unchanged",

@@ -209,11 +209,6 @@ class Library:
             f"to switch, run `imgindex reindex --model {wanted}` (re-embeds every image)"
         )
 
-    def require_model(self, model: str | None) -> None:
-        """Refuse to go on when the caller asked for a model other than the library's."""
-        if model and get_spec(model).name != self.model:
-            raise self._mismatch(model)
-
     def switch_model(self, model: str) -> None:
         """Forget every vector and cluster and adopt ``model``; every image becomes pending,
         so the next pass re-embeds it. One transaction: vectors of two models never mix."""

@@ -24,8 +24,13 @@ from imgindex.duplicates import (
     phash_pairs,
 )
 from imgindex.library import Library
-from imgindex.phash import distances
 from imgindex.schema import images
+
+
+def distances(hashes: np.ndarray, h: int) -> np.ndarray:
+    """Hamming distance from ``h`` to each of ``hashes`` (int64 array of stored hashes)."""
+    x = np.bitwise_xor(np.asarray(hashes, np.int64), np.int64(h)).view(np.uint64)
+    return np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
 
 
 @pytest.fixture(scope="module")
