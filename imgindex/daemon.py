@@ -144,7 +144,7 @@ class Daemon:
             embedder=getattr(self, "ingestor", None) and self.ingestor._embedder,
             progress=lambda _n: self._heartbeat(),
             should_stop=self._stopping,
-            defer=self._deferred,
+            deferred=self._deferred,
         )
         jitter = random.uniform(0.9, 1.1)
         self._next_rescan = time.monotonic() + self.settings.rescan_interval * jitter
@@ -261,11 +261,11 @@ class Daemon:
             return self.settings.debounce
         return self.settings.write_timeout  # being written: wait for the close
 
-    def _deferred(self, path: str) -> bool:
-        """True for a file with a queue entry not yet due (a scan leaves it to its event)."""
+    def _deferred(self) -> set[str]:
+        """Files with a queue entry not yet due (a scan leaves them to their events)."""
         with self.lib.engine.connect() as conn:
-            due = conn.execute(select(queue.c.due_at).where(queue.c.path == path)).scalar()
-        return due is not None and due > time.time()
+            q = select(queue.c.path).where(queue.c.due_at > time.time())
+            return set(conn.execute(q).scalars())
 
     def _hold_back_deletions(self, rows: list[Any], now: float) -> list[Any]:
         """Paths that vanished wait while other paths are still settling (up to

@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -94,7 +94,7 @@ class Ingestor:
         embedder: Any = None,
         progress: Callable[[int], None] | None = None,
         should_stop: Callable[[], bool] = lambda: False,
-        defer: Callable[[str], bool] | None = None,
+        deferred: Callable[[], Collection[str]] | None = None,
     ) -> None:
         if not lib.writable:
             raise ValueError("the library must be opened for writing")
@@ -105,7 +105,8 @@ class Ingestor:
         self.weights = weights
         self.progress = progress
         self.should_stop = should_stop
-        self.defer = defer  # files a scan leaves alone for now (the daemon's pending events)
+        #: files a scan leaves alone for now (the daemon's pending events), asked once a scan
+        self.deferred = deferred
         self.input_size = get_spec(lib.model).input_size
         self._embedder = embedder
         self._saved_at = time.monotonic()
@@ -176,8 +177,9 @@ class Ingestor:
         self._frozen(unseen.unreadable)
         kept = unseen.unreadable + gone_mounts
         seen = {fs.path for fs in on_disk}
-        if self.defer:  # left to their own events; still on disk, so not missing either
-            on_disk = [fs for fs in on_disk if not self.defer(fs.path)]
+        if self.deferred:  # left to their own events; still on disk, so not missing either
+            later = self.deferred()
+            on_disk = [fs for fs in on_disk if fs.path not in later]
         todo = []
         for fs in on_disk:
             row = known.get(fs.path)
