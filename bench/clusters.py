@@ -28,9 +28,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from query import build, synthetic
 
-from imgindex import organize, store
+from imgindex import organize
+from imgindex.db import meta
+from imgindex.db.schema import images
 from imgindex.library import Library
-from imgindex.schema import images
 
 
 def timed(lib: Library, fn, repeats: int) -> float:
@@ -85,7 +86,7 @@ def main() -> None:
             build(tmp / str(n), n, args.dim)
         with Library.open(data, write=True) as lib:
             with lib.engine.begin() as conn:
-                store.set_meta(conn, "k", 50)
+                meta.set_k_setting(conn, "50")
             lib.k_setting = "50"
             lib.vectors  # noqa: B018
             batch = one_batch(lib, args.batch, args.dim, n)

@@ -31,7 +31,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from query import CHUNK, synthetic
 
-from imgindex import store
+from imgindex.db.images import iter_vectors
+from imgindex.db.schema import images
 from imgindex.duplicates import (
     _load_rows,
     exact_pairs,
@@ -40,7 +41,6 @@ from imgindex.duplicates import (
     vector_pairs,
 )
 from imgindex.library import Library
-from imgindex.schema import images
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 KINDS = ["exact", "phash", "vector", "decoy_phash", "decoy_vector"]  # one planted row in 50
@@ -57,7 +57,7 @@ def caltech(keep: Path) -> None:
                            check=True)
     with Library.open(data) as lib, lib.engine.connect() as conn:
         rows = _load_rows(conn)
-        chunks = list(store.iter_vectors(conn, lib.dim))
+        chunks = list(iter_vectors(conn, lib.dim))
         ids, x = (np.concatenate([c[k] for c in chunks]) for k in (0, 1))
         assert (ids == rows.ids).all()  # both in id order
     n = len(rows.ids)

@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from imgindex import store
+from imgindex.db.images import indexed_ids, iter_vectors, vector_to_blob, vectors_for
+from imgindex.db.schema import images
 from imgindex.library import Library
-from imgindex.schema import images
 
 CHUNK = 20_000
 
@@ -75,7 +75,7 @@ def build(root: Path, n: int, dim: int) -> tuple[Path, Path, float]:
         conn.execute(images.insert().values(
             path=str(photo), root_id=1, size=st.st_size, mtime_ns=st.st_mtime_ns,
             status="indexed", model=lib.model, updated_at=now,
-            vector=store.vector_to_blob(first)))
+            vector=vector_to_blob(first)))
     start = time.perf_counter()
     with Library.open(data, write=True) as lib:
         lib.vectors  # noqa: B018 - builds and saves the FAISS file
@@ -100,7 +100,6 @@ def cold_cli(data: Path, photo: Path) -> tuple[float, float]:
 READER = r"""
 import json, sys, time
 import numpy as np
-from imgindex import store
 from imgindex.library import Library
 data, dim = sys.argv[1], int(sys.argv[2])
 queries = np.load(sys.argv[3])
@@ -120,11 +119,11 @@ def in_process(data: Path, dim: int, n: int) -> dict:
     """Latency, recall@10 and RSS of a reader process; exact answers computed here."""
     rng = np.random.default_rng(1)
     with Library.open(data) as lib, lib.engine.connect() as conn:
-        pick = np.sort(rng.choice(store.indexed_ids(conn), 200, replace=False))
-        ids, queries = store.vectors_for(conn, pick.tolist(), dim)
+        pick = np.sort(rng.choice(indexed_ids(conn), 200, replace=False))
+        ids, queries = vectors_for(conn, pick.tolist(), dim)
         best = np.full((len(queries), 11), -np.inf, np.float32)
         best_ids = np.full((len(queries), 11), -1, np.int64)
-        for chunk_ids, x, _ in store.iter_vectors(conn, dim):
+        for chunk_ids, x, _ in iter_vectors(conn, dim):
             s = queries @ x.T
             top = np.argsort(-s, axis=1)[:, :11]
             s2 = np.concatenate([best, np.take_along_axis(s, top, 1)], 1)

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from imgindex import fsafe, store
+from imgindex import fsafe
+from imgindex.db import changes, images
 
 log = logging.getLogger(__name__)
 
@@ -110,16 +111,16 @@ def compute(conn: Any, dim: int, ids: np.ndarray, tsne_max: int = TSNE_MAX) -> A
     from sklearn.decomposition import PCA
 
     if len(ids) <= tsne_max:
-        got, vectors = store.vectors_for(conn, ids.tolist(), dim)
+        got, vectors = images.vectors_for(conn, ids.tolist(), dim)
         n = len(got)
         method = "empty" if n == 0 else "pca" if n < 5 else "tsne"
         return Atlas(got, normalise(layout(vectors)), method, n)
     rng = np.random.default_rng(SEED)
     sample_ids = np.sort(rng.choice(ids, size=tsne_max, replace=False))
     pca = PCA(min(PCA_DIMS, tsne_max, dim), random_state=SEED)
-    pca.fit(store.vectors_for(conn, sample_ids.tolist(), dim)[1])
+    pca.fit(images.vectors_for(conn, sample_ids.tolist(), dim)[1])
     id_parts, parts = [], []
-    for chunk_ids, vecs, _ in store.iter_vectors(conn, dim):
+    for chunk_ids, vecs, _ in images.iter_vectors(conn, dim):
         keep = np.isin(chunk_ids, ids)
         id_parts.append(chunk_ids[keep])
         parts.append(pca.transform(vecs[keep]).astype(np.float32))
@@ -134,7 +135,7 @@ def compute(conn: Any, dim: int, ids: np.ndarray, tsne_max: int = TSNE_MAX) -> A
 def cache_key(conn: Any, model: str, ids: np.ndarray, tsne_max: int) -> str:
     """What a cached map must match: the indexed ids, the changes-log head, model, settings."""
     digest = hashlib.sha256(np.ascontiguousarray(ids, dtype=np.int64).tobytes()).hexdigest()
-    head = store.log_position(conn)[0]
+    head = changes.log_head(conn)
     return f"v{VERSION}:{model}:{len(ids)}:{digest[:24]}:{head}:{tsne_max}:{SEED}"
 
 
@@ -143,7 +144,7 @@ def library_map(lib: Any, tsne_max: int = TSNE_MAX) -> Atlas:
     cached, unless the library was opened read-only: a reader never writes its folder)."""
     path = Path(lib.paths.root) / MAP_NAME
     with lib.engine.connect() as conn:
-        ids = store.indexed_ids(conn)
+        ids = images.indexed_ids(conn)
         key = cache_key(conn, lib.model, ids, tsne_max)
         cached = _load(path, key)
         if cached is not None:

@@ -23,13 +23,15 @@ from typing import Any
 
 import faiss
 import numpy as np
-from sqlalchemy import delete, func, select, update
 
 from imgindex import store
+from imgindex.db import changes, images, meta, queue
+from imgindex.db.dialect import integrity_problems
+from imgindex.db.engine import snapshot
+from imgindex.db.roots import root_paths
 from imgindex.errors import ImgIndexError
 from imgindex.fsafe import is_under
-from imgindex.library import Library, record_key
-from imgindex.schema import STATUS_INDEXED, STATUS_PENDING, images, queue
+from imgindex.library import Library
 from imgindex.vindex import FileRecord, ids_in, index_files, read_file, vectors_in
 
 UNIT_TOLERANCE = 1e-3  # |norm - 1| of a stored vector
@@ -123,8 +125,8 @@ def check(lib: Library, repair: bool = False) -> CheckReport:
 def _database(lib: Library, report: CheckReport) -> bool:
     """SQLite's own check; the others are skipped when it fails."""
     with lib.engine.connect() as conn:
-        rows = [str(r[0]) for r in conn.exec_driver_sql("PRAGMA integrity_check").all()]
-    if rows == ["ok"]:
+        rows = integrity_problems(conn)
+    if not rows:
         return True
     report.add(
         "database",
@@ -140,14 +142,10 @@ def _vectors(lib: Library, report: CheckReport) -> set[int]:
     """Indexed rows whose vector is missing, of another size or model, not finite or not of
     unit length; returns their ids."""
     found: dict[str, list[tuple[int, str]]] = {}
-    last, n = -1, 0
-    q = select(images.c.id, images.c.path, images.c.model, images.c.vector)
-    q = q.where(images.c.status == STATUS_INDEXED)
+    n = 0
     with lib.engine.connect() as conn:
-        while rows := conn.execute(
-            q.where(images.c.id > last).order_by(images.c.id).limit(CHUNK)
-        ).all():
-            last, n = rows[-1].id, n + len(rows)
+        for rows in images.iter_stored(conn, CHUNK):
+            n += len(rows)
             for why, row in _damaged(lib, rows):
                 found.setdefault(why, []).append((row.id, row.path))
     report.indexed = n
@@ -174,7 +172,7 @@ def _damaged(lib: Library, rows: list[Any]) -> list[tuple[str, Any]]:
             out.append((f"a vector of another model than {lib.model}", r))
         else:
             whole.append(r)
-    x = store.stack_blobs([r.vector for r in whole], lib.dim)
+    x = images.stack_blobs([r.vector for r in whole], lib.dim)
     finite = np.isfinite(x).all(axis=1)
     norms = np.linalg.norm(np.where(finite[:, None], x, 0.0), axis=1)
     for r, ok, norm in zip(whole, finite, norms, strict=True):
@@ -188,22 +186,8 @@ def _damaged(lib: Library, rows: list[Any]) -> list[tuple[str, Any]]:
 def _reembed(lib: Library, ids: list[int]) -> str:
     """Make rows pending so the next pass embeds their files again (they leave the index)."""
     lib.vectors  # noqa: B018 - caught up before this change commits
-    now = time.time()
     with lib.engine.begin() as conn:
-        for i in range(0, len(ids), 900):
-            conn.execute(
-                update(images)
-                .where(images.c.id.in_(ids[i : i + 900]))
-                .values(
-                    status=STATUS_PENDING,
-                    reason=REEMBED_REASON,
-                    vector=None,
-                    model=None,
-                    cluster_id=None,
-                    content_hash=None,
-                    retry_after=now,
-                )
-            )
+        images.forget_vectors(conn, ids, REEMBED_REASON, retry_after=time.time())
     lib.sync_index()
     lib.save_index()
     return "out of the index, pending: `imgindex index` (or the daemon) embeds them again"
@@ -216,17 +200,10 @@ def _stuck(lib: Library, report: CheckReport) -> None:
     now = time.time()
     daemon = "daemon" in (store.lock_holder(lib.paths.lock) or "")
     with lib.engine.connect() as conn:
-        roots = [p for _, p in store.list_roots(conn)]
-        queued = conn.execute(select(queue.c.path, queue.c.due_at)).all()
-        pending = images.c.status == STATUS_PENDING
-        never = (
-            conn.execute(select(images.c.id).where(pending, images.c.retry_after.is_(None)))
-            .scalars()
-            .all()
-        )
-        late = conn.execute(
-            select(func.count()).where(pending, images.c.retry_after < now - OVERDUE_S)
-        ).scalar()
+        roots = root_paths(conn)
+        queued = queue.entries(conn)
+        never = images.pending_never_retried(conn)
+        late = images.count_pending_due_before(conn, now - OVERDUE_S)
     outside = [r.path for r in queued if not _under_any(r.path, roots)]
     if outside:
         report.add(
@@ -277,19 +254,13 @@ def _under_any(path: str, roots: list[Path]) -> bool:
 
 def _unqueue(lib: Library, paths: list[str]) -> str:
     with lib.engine.begin() as conn:
-        for i in range(0, len(paths), 900):
-            conn.execute(delete(queue).where(queue.c.path.in_(paths[i : i + 900])))
+        queue.remove(conn, paths)
     return "dropped from the queue"
 
 
 def _release(lib: Library, ids: list[int]) -> str:
     with lib.engine.begin() as conn:
-        for i in range(0, len(ids), 900):
-            conn.execute(
-                update(images)
-                .where(images.c.id.in_(ids[i : i + 900]), images.c.status == STATUS_PENDING)
-                .values(retry_after=time.time())
-            )
+        images.retry_now(conn, ids, time.time())
     return "due for a retry now"
 
 
@@ -327,7 +298,7 @@ def _cache_file(
 ) -> bool:
     """Check the newest file; False when the writer replaced it meanwhile (check again)."""
     with lib.engine.connect() as conn:
-        record = FileRecord.from_json(store.get_meta(conn, record_key(path.name)))
+        record = FileRecord.from_json(meta.cache_record(conn, path.name))
     try:
         why = (
             "no checksum was recorded for it (saved by an older imgindex, or copied in)"
@@ -345,15 +316,15 @@ def _cache_file(
     if index.d != lib.dim:
         report.add("cache", f"{path.name} holds {index.d}-d vectors, not {lib.dim}", fix=rebuild)
         return True
-    with lib.engine.connect() as conn, conn.begin():  # one snapshot of the log and the rows
-        head, trimmed = store.log_position(conn)
+    with snapshot(lib.engine) as conn:  # one snapshot of the log and the rows
+        head, trimmed = changes.log_position(conn)
         if seq < trimmed:
             return False  # a newer file was saved and the log trimmed while we looked
         if seq > head:
             report.add("cache", f"{path.name} is ahead of the database's changes log", fix=rebuild)
             return True
-        changed = store.logged_since(conn, seq)
-        indexed = store.indexed_ids(conn)
+        changed = changes.logged_since(conn, seq)
+        indexed = images.indexed_ids(conn)
         _holds(lib, report, conn, index, path.name, changed, indexed, damaged, rebuild)
     return True
 
@@ -394,7 +365,7 @@ def _holds(
     exact = faiss.try_extract_index_ivf(index) is None
     off = 0
     for i in range(0, len(common), CHUNK):
-        ids, stored = store.vectors_for(conn, common[i : i + CHUNK].tolist(), lib.dim)
+        ids, stored = images.vectors_for(conn, common[i : i + CHUNK].tolist(), lib.dim)
         got = vectors_in(index, ids)
         if exact:
             off += int((np.abs(got - stored).max(axis=1, initial=0) > EXACT_TOLERANCE).sum())

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from sqlalchemy.exc import DatabaseError
 from typer.core import TyperGroup
 
 from imgindex import names
+from imgindex.db import DatabaseError
 from imgindex.errors import ImgIndexError
 from imgindex.paths import resolve_data_dir
 
@@ -384,8 +384,8 @@ def clusters(
         return
     from imgindex.clusterstore import list_clusters
 
-    with _open(ctx) as lib, lib.engine.connect() as conn:
-        rows = list_clusters(conn, lib.dim)
+    with _open(ctx) as lib:
+        rows = list_clusters(lib.engine, lib.dim)
     if as_json:
         _echo_json(rows)
         return
@@ -410,8 +410,8 @@ def clusters_show(
     """Every member of cluster ID, nearest to its centre first."""
     from imgindex.clusterstore import show_cluster
 
-    with _open(ctx) as lib, lib.engine.connect() as conn:
-        data = show_cluster(conn, cluster_id, lib.dim)
+    with _open(ctx) as lib:
+        data = show_cluster(lib.engine, cluster_id, lib.dim)
     if as_json:
         _echo_json(data)
         return
@@ -440,8 +440,7 @@ def clusters_name(
         raise ImgIndexError("give a NAME, or --clear to remove the cluster's name")
     with _open(ctx) as lib:
         _require_writable(lib)
-        with lib.engine.begin() as conn:
-            name_cluster(conn, cluster_id, None if clear else name)
+        name_cluster(lib.engine, cluster_id, None if clear else name)
 
 
 @clusters_app.command("export")
@@ -603,10 +602,8 @@ def config(
     with _open(ctx) as lib:
         if value is not None:
             _require_writable(lib)
-            with lib.engine.begin() as conn:
-                settings.save(conn, name or "", value)
-        with lib.engine.connect() as conn:
-            current = settings.as_dict(settings.load(conn))
+            settings.save(lib.engine, name or "", value)
+        current = settings.as_dict(settings.load(lib.engine))
     if name is not None and value is None:
         if name not in current:
             raise ImgIndexError(f"unknown setting '{name}'; settings: {', '.join(current)}")
@@ -645,7 +642,7 @@ def models(as_json: JsonOpt = False) -> None:
 @app.command()
 def migrate(ctx: typer.Context) -> None:
     """Upgrade the library's database schema (also done on every open)."""
-    from imgindex.migrate import SCHEMA_HEAD
+    from imgindex.db.migrate import SCHEMA_HEAD
 
     with _open(ctx, write=True, purpose="imgindex migrate"):
         typer.echo(f"schema at revision {SCHEMA_HEAD}", err=True)

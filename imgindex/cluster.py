@@ -10,7 +10,7 @@ after which clusters keep their id when they hold mostly the same images as befo
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -32,7 +32,6 @@ class ClusterState:
     weights: np.ndarray  # (k,) float32, MiniBatchKMeans' per-centre counts
     n_steps: int = 0
     since_reassign: int = 0
-    extra: dict = field(default_factory=dict)
 
     @property
     def k(self) -> int:
@@ -73,7 +72,6 @@ def partial_fit(
         km._counts.astype(np.float32),
         km.n_steps_,
         km._n_since_last_reassign,
-        dict(state.extra),
     )
 
 

@@ -10,7 +10,6 @@ stays in memory, ``status`` says why it is not saved, and saving resumes when th
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -21,10 +20,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, select
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-from imgindex import settings, store
+from imgindex import settings
+from imgindex.db import images, meta, queue
+from imgindex.db.roots import root_paths
 from imgindex.errors import ImgIndexError
 from imgindex.fsafe import root_available, root_of
 from imgindex.ingest import Ingestor
@@ -32,7 +30,6 @@ from imgindex.library import Library
 from imgindex.names import shown
 from imgindex.notify import Notifier
 from imgindex.scan import is_ignored
-from imgindex.schema import STATUS_PENDING, images, queue
 from imgindex.service import QueryService
 from imgindex.views import ViewKeeper
 from imgindex.watch import EventSink, RawEvent, Watcher
@@ -73,7 +70,7 @@ class Daemon:
         self._last_drain = 0.0
         self._dirty = False
         self._cut_short = False  # the ingestor stopped a pass early (SIGTERM)
-        self._config_version = ""
+        self._config_version = 0
         self.service: QueryService | None = None
         self.view = ViewKeeper()  # the cluster view in settings.view_dir, when set
 
@@ -133,10 +130,10 @@ class Daemon:
         signal.signal(signal.SIGHUP, reload)
 
     def _reload(self) -> None:
+        self.settings = settings.load(self.lib.engine, **self.overrides)
         with self.lib.engine.connect() as conn:
-            self.settings = settings.load(conn, **self.overrides)
-            self._config_version = store.get_meta(conn, "config_version", "0") or "0"
-            self.roots = [p for _, p in store.list_roots(conn)]
+            self._config_version = meta.config_version(conn)
+            self.roots = root_paths(conn)
         self.ingestor = Ingestor(
             self.lib,
             batch_size=self.settings.batch_size,
@@ -145,7 +142,7 @@ class Daemon:
             embedder=getattr(self, "ingestor", None) and self.ingestor._embedder,
             progress=lambda _n: self._heartbeat(),
             should_stop=self._stopping,
-            defer=self._deferred,
+            deferred=self._deferred,
         )
         jitter = random.uniform(0.9, 1.1)
         self._next_rescan = time.monotonic() + self.settings.rescan_interval * jitter
@@ -194,8 +191,6 @@ class Daemon:
         self._next_rescan = time.monotonic() + self.settings.rescan_interval * random.uniform(
             0.9, 1.1
         )
-        with self.lib.engine.begin() as conn:
-            store.set_meta(conn, "status.last_scan_at", time.time())
         self._update_view()
         log.info(
             "scan %s: %d embedded, %d moved, %d removed, %d failed, %d unchanged",
@@ -239,13 +234,8 @@ class Daemon:
             else:  # closed after writing, a chmod, a folder created: after a short quiet
                 due[ev.path] = now + self.settings.debounce
         with self.lib.engine.begin() as conn:
-            for path in forget:
-                conn.execute(delete(queue).where(queue.c.path == path))
-            for path, at in due.items():
-                stmt = sqlite_insert(queue).values(path=path, due_at=at, enqueued_at=now)
-                conn.execute(
-                    stmt.on_conflict_do_update(index_elements=["path"], set_={"due_at": at})
-                )
+            queue.remove(conn, forget)
+            queue.schedule(conn, due, now)
 
     def _quiet_for(self, kind: str, path: str, now: float) -> float:
         """How long to wait before reading a file that was created or written to.
@@ -264,11 +254,10 @@ class Daemon:
             return self.settings.debounce
         return self.settings.write_timeout  # being written: wait for the close
 
-    def _deferred(self, path: str) -> bool:
-        """True for a file with a queue entry not yet due (a scan leaves it to its event)."""
+    def _deferred(self) -> set[str]:
+        """Files with a queue entry not yet due (a scan leaves them to their events)."""
         with self.lib.engine.connect() as conn:
-            due = conn.execute(select(queue.c.due_at).where(queue.c.path == path)).scalar()
-        return due is not None and due > time.time()
+            return queue.not_yet_due(conn, time.time())
 
     def _hold_back_deletions(self, rows: list[Any], now: float) -> list[Any]:
         """Paths that vanished wait while other paths are still settling (up to
@@ -282,21 +271,13 @@ class Daemon:
         if not gone:
             return rows
         with self.lib.engine.connect() as conn:
-            later = conn.execute(
-                select(queue.c.path, queue.c.due_at)
-                .where(queue.c.due_at > now)
-                .order_by(queue.c.due_at)
-                .limit(1000)
-            ).all()
+            later = queue.later(conn, now, limit=1000)
         # only paths that exist can be the other half of a move (other deletions cannot)
         settling = next((r.due_at for r in later if os.path.lexists(r.path)), None)
         if settling is None:
             return rows
         with self.lib.engine.begin() as conn:
-            for r in gone:
-                conn.execute(
-                    queue.update().where(queue.c.path == r.path).values(due_at=settling + 0.05)
-                )
+            queue.postpone(conn, [r.path for r in gone], settling + 0.05)
         held = {r.path for r in gone}
         return [r for r in rows if r.path not in held]
 
@@ -305,12 +286,7 @@ class Daemon:
         limit = self.settings.batch_size
         now = time.time()
         with self.lib.engine.connect() as conn:
-            rows = conn.execute(
-                select(queue.c.path, queue.c.due_at, queue.c.enqueued_at)
-                .where(queue.c.due_at <= now)
-                .order_by(queue.c.due_at)
-                .limit(limit)
-            ).all()
+            rows = queue.due(conn, now, limit)
         rows = self._hold_back_deletions(rows, now)
         if not rows:
             return False
@@ -324,10 +300,7 @@ class Daemon:
         self._set_state("indexing")
         self._refresh([r.path for r in rows])
         with self.lib.engine.begin() as conn:
-            for r in rows:
-                conn.execute(
-                    delete(queue).where(queue.c.path == r.path, queue.c.due_at == r.due_at)
-                )
+            queue.done(conn, rows)
         self._dirty = True
         self._set_state("watching")
         return len(rows) == limit
@@ -367,7 +340,7 @@ class Daemon:
     def _housekeeping(self) -> None:
         self._last_house = time.monotonic()
         with self.lib.engine.connect() as conn:
-            version = store.get_meta(conn, "config_version", "0") or "0"
+            version = meta.config_version(conn)
         if version != self._config_version:
             self.reload_requested = True
         self._sync_roots()
@@ -389,23 +362,13 @@ class Daemon:
 
     def _retry_pending(self) -> None:
         with self.lib.engine.connect() as conn:
-            paths = (
-                conn.execute(
-                    select(images.c.path)
-                    .where(images.c.status == STATUS_PENDING, images.c.retry_after <= time.time())
-                    .limit(1000)
-                )
-                .scalars()
-                .all()
-            )
+            paths = images.due_for_retry(conn, time.time(), limit=1000)
         if paths:
             self._enqueue(paths, time.time())
 
     def _enqueue(self, paths: list[str], at: float) -> None:
         with self.lib.engine.begin() as conn:
-            for path in paths:
-                stmt = sqlite_insert(queue).values(path=path, due_at=at, enqueued_at=at)
-                conn.execute(stmt.on_conflict_do_nothing(index_elements=["path"]))
+            queue.add(conn, paths, at)
 
     def _update_view(self) -> None:
         """Bring the cluster view up to date (cheap when nothing changed; never raises)."""
@@ -425,11 +388,11 @@ class Daemon:
 
     def _queued(self) -> int:
         with self.lib.engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(queue)).scalar() or 0)
+            return queue.count(conn)
 
     def _sleep_for(self) -> float:
         with self.lib.engine.connect() as conn:
-            nxt = conn.execute(select(func.min(queue.c.due_at))).scalar()
+            nxt = queue.next_due(conn)
         wait = TICK_S if nxt is None else max(0.01, min(TICK_S, nxt - time.time()))
         if self._dirty:
             wait = min(wait, max(0.01, DRAIN_EVERY_S - (time.monotonic() - self._last_drain)))
@@ -456,7 +419,7 @@ class Daemon:
 
     def _counts(self) -> dict[str, int]:
         with self.lib.engine.connect() as conn:
-            counts = store.count_by_status(conn)
+            counts = images.count_by_status(conn)
         return {
             "indexed": counts.get("indexed", 0),
             "failed": counts.get("failed", 0),
@@ -485,4 +448,4 @@ class Daemon:
             },
         }
         with self.lib.engine.begin() as conn:
-            store.set_meta(conn, "status.daemon", json.dumps(info))
+            meta.publish_daemon_status(conn, info)

@@ -25,12 +25,10 @@ from itertools import pairwise
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from sqlalchemy import Connection, select
 
-from imgindex import store
+from imgindex.db import Connection, images
 from imgindex.errors import ImgIndexError
 from imgindex.library import Library
-from imgindex.schema import STATUS_INDEXED, images
 
 DEFAULT_THRESHOLD = 0.97  # cosine of the vector tier
 DEFAULT_MAX_DISTANCE = 4  # pHash bits
@@ -103,7 +101,7 @@ def find_duplicates(
     members = [m for m in np.split(order, np.flatnonzero(np.diff(labels[order])) + 1) if len(m) > 1]
     with lib.engine.connect() as conn:
         grouped = rows.ids[np.concatenate(members)] if members else np.empty(0, np.int64)
-        got, vecs = store.vectors_for(conn, grouped.tolist(), lib.dim)
+        got, vecs = images.vectors_for(conn, grouped.tolist(), lib.dim)
     by_id = dict(zip(got.tolist(), vecs, strict=True))
     groups = [
         _group(rows, m, by_id, [t for t in tiers if labels[m[0]] in reasons[t]]) for m in members
@@ -119,20 +117,7 @@ def _components(n: int, pairs: list[np.ndarray]) -> np.ndarray:
 
 
 def _load_rows(conn: Connection) -> _Rows:
-    q = (
-        select(
-            images.c.id,
-            images.c.path,
-            images.c.content_hash,
-            images.c.phash,
-            images.c.width,
-            images.c.height,
-            images.c.size,
-        )
-        .where(images.c.status == STATUS_INDEXED)
-        .order_by(images.c.id)
-    )
-    rows = conn.execute(q).all()
+    rows = images.fingerprints(conn)
     phashes = [r.phash for r in rows]
     return _Rows(
         ids=np.array([r.id for r in rows], dtype=np.int64),
@@ -202,13 +187,13 @@ def vector_pairs(lib: Library, threshold: float, k: int = NEIGHBOURS) -> np.ndar
     floor = threshold - (APPROX_MARGIN if vi.approximate else 0.0)
     found = [np.empty((0, 2), np.int64)]
     with lib.engine.connect() as conn:
-        for ids, x, _ in store.iter_vectors(conn, lib.dim, chunk=CHUNK):
+        for ids, x, _ in images.iter_vectors(conn, lib.dim, chunk=CHUNK):
             scores, nbrs = vi.search(x, vi.candidates(k + 1))
             row, col = np.nonzero((nbrs >= 0) & (nbrs != ids[:, None]) & (scores >= floor))
             if not len(row):
                 continue
             wanted = nbrs[row, col]
-            got, vecs = store.vectors_for(conn, np.unique(wanted).tolist(), lib.dim)
+            got, vecs = images.vectors_for(conn, np.unique(wanted).tolist(), lib.dim)
             there, at = _lookup(got, wanted)
             row, at = row[there], at[there]
             close = np.einsum("ij,ij->i", x[row], vecs[at]) >= threshold

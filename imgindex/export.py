@@ -13,11 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from sqlalchemy import select
-
 from imgindex import fsafe, names
+from imgindex.db import images
+from imgindex.db.schema import STATUS_INDEXED
 from imgindex.errors import ImgIndexError
-from imgindex.schema import STATUS_INDEXED, images
 
 FIELDS = ("path", "status", "reason", "cluster_id", "cluster_name", "x", "y")
 DIGITS = 5  # map coordinates are in [0, 1]
@@ -27,13 +26,13 @@ def rows(lib: Any) -> list[dict[str, Any]]:
     """Every image of the library, by path: ``FIELDS``, None where a value does not apply (the
     cluster and coordinates of images that are not indexed, the reason of indexed ones)."""
     from imgindex.atlas import library_map
-    from imgindex.clusterstore import display_name, titles
+    from imgindex.clusterstore import display_name
+    from imgindex.db.clusters import titles
 
     where = library_map(lib).lookup()
-    q = select(images.c.id, images.c.path, images.c.status, images.c.reason, images.c.cluster_id)
     with lib.engine.connect() as conn:
         named = titles(conn)
-        result = conn.execute(q.order_by(images.c.path)).all()
+        result = images.all_files(conn)
     out = []
     for r in result:
         xy = where.get(r.id) if r.status == STATUS_INDEXED else None

@@ -11,37 +11,36 @@ end, so a crash at any moment only leaves a FAISS file that the next open catche
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
-import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, select, update
 
-from imgindex import names, organize, store
+from imgindex import names, organize
+from imgindex.db import Connection, images, meta
+from imgindex.db.engine import WorkerConnection, worker_connection
+from imgindex.db.roots import list_roots
+from imgindex.db.schema import STATUS_FAILED, STATUS_INDEXED, STATUS_PENDING
 from imgindex.decode import DEFAULT_MAX_PIXELS, decode_for_model
 from imgindex.errors import DecodeFailure, NotInLibrary
 from imgindex.fsafe import is_under, root_available, root_of
 from imgindex.library import Library
 from imgindex.models import get_spec
 from imgindex.scan import FileStat, Unseen, is_candidate, vanished, walk
-from imgindex.schema import STATUS_FAILED, STATUS_INDEXED, STATUS_PENDING, images
 
 log = logging.getLogger(__name__)
 
 RETRY_WINDOW_S = 600.0  # a truncated file modified this recently may still be being written
 RETRY_DELAY_S = 30.0
 CHECKPOINT_S = 60.0  # save the FAISS index at least this often during long runs
-MOUNTS_KEY = "mount_points"  # meta: JSON list of sub-folders of roots seen as mount points
 
 
 @dataclass
@@ -95,7 +94,7 @@ class Ingestor:
         embedder: Any = None,
         progress: Callable[[int], None] | None = None,
         should_stop: Callable[[], bool] = lambda: False,
-        defer: Callable[[str], bool] | None = None,
+        deferred: Callable[[], Collection[str]] | None = None,
     ) -> None:
         if not lib.writable:
             raise ValueError("the library must be opened for writing")
@@ -106,14 +105,15 @@ class Ingestor:
         self.weights = weights
         self.progress = progress
         self.should_stop = should_stop
-        self.defer = defer  # files a scan leaves alone for now (the daemon's pending events)
+        #: files a scan leaves alone for now (the daemon's pending events), asked once a scan
+        self.deferred = deferred
         self.input_size = get_spec(lib.model).input_size
         self._embedder = embedder
         self._saved_at = time.monotonic()
         self.report = Report()
         self._dropped: dict[str, Any] = {}  # content hash -> row dropped in this batch
         self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
+        self._connections: list[WorkerConnection] = []
 
     # --- full passes --------------------------------------------------------------------------
 
@@ -139,7 +139,7 @@ class Ingestor:
 
     def _targets(self, folders: list[Path] | None) -> list[tuple[int, Path]]:
         with self.lib.engine.connect() as conn:
-            roots = store.list_roots(conn)
+            roots = list_roots(conn)
         if not folders:
             return roots
         out = []
@@ -158,7 +158,7 @@ class Ingestor:
         folder that cannot be read, or under a mount point that is gone, are not missing."""
         with self.lib.engine.connect() as conn:
             known = {
-                p: r for p, r in store.rows_under(conn, root_id).items() if is_under(p, folder)
+                p: r for p, r in images.rows_under(conn, root_id).items() if is_under(p, folder)
             }
         unseen = Unseen()
         try:
@@ -176,8 +176,9 @@ class Ingestor:
         self._frozen(unseen.unreadable)
         kept = unseen.unreadable + gone_mounts
         seen = {fs.path for fs in on_disk}
-        if self.defer:  # left to their own events; still on disk, so not missing either
-            on_disk = [fs for fs in on_disk if not self.defer(fs.path)]
+        if self.deferred:  # left to their own events; still on disk, so not missing either
+            later = self.deferred()
+            on_disk = [fs for fs in on_disk if fs.path not in later]
         todo = []
         for fs in on_disk:
             row = known.get(fs.path)
@@ -203,16 +204,16 @@ class Ingestor:
         empty) while rows live under them. The mount points a walk finds are remembered, and
         forgotten once they are gone with no rows left under them."""
         with self.lib.engine.begin() as conn:
-            remembered = set(json.loads(store.get_meta(conn, MOUNTS_KEY) or "[]"))
+            remembered = set(meta.mount_points(conn))
             mounts = remembered | set(found)
             where = str(folder)
             here = [m for m in sorted(mounts) if is_under(m, where) or is_under(where, m)]
             gone = [m for m in here if not mount_available(m)]
             for m in gone:
-                if not store.paths_at_or_under(conn, m, limit=1):
+                if not images.paths_at_or_under(conn, m, limit=1):
                     mounts.discard(m)
             if mounts != remembered:
-                store.set_meta(conn, MOUNTS_KEY, json.dumps(sorted(mounts)))
+                meta.set_mount_points(conn, mounts)
         gone = [m for m in gone if m in mounts]
         for m in gone:
             log.warning(
@@ -226,7 +227,7 @@ class Ingestor:
     def _gone_mounts(self) -> list[str]:
         """Remembered mount points whose disk is gone (not mounted, or empty)."""
         with self.lib.engine.connect() as conn:
-            mounts = json.loads(store.get_meta(conn, MOUNTS_KEY) or "[]")
+            mounts = meta.mount_points(conn)
         return [m for m in mounts if not mount_available(m)]
 
     # --- the pipeline ---------------------------------------------------------------------------
@@ -304,18 +305,14 @@ class Ingestor:
         )
 
     def _known(self, digest: str) -> int | None:
-        """Id of an indexed row with this content (worker threads: a plain sqlite3 connection
+        """Id of an indexed row with this content (worker threads: a plain DB-API connection
         each, so the lookup holds the GIL for microseconds, not SQLAlchemy's milliseconds)."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.lib.paths.db, timeout=30, check_same_thread=False)
+            conn = worker_connection(self.lib.paths.db)
             self._local.conn = conn
             self._connections.append(conn)
-        row = conn.execute(
-            "SELECT id FROM images WHERE content_hash = ? AND status = ? AND model = ? LIMIT 1",
-            (digest, STATUS_INDEXED, self.lib.model),
-        ).fetchone()
-        return None if row is None else row[0]
+        return images.indexed_id_with_hash(conn, digest, self.lib.model)
 
     def _embed(self, batch: list[Prepared]) -> None:
         """Set each decoded file's vector (and ImageNet top-1 class, for models with a head).
@@ -401,7 +398,7 @@ class Ingestor:
                 new_vecs = np.stack([v for _, v in added])
                 n = self.lib.vectors.size + len(added) - len(gone)
                 organize.after_batch(conn, self.lib.k_setting, self.lib.dim, new_ids, new_vecs, n)
-            store.add_to_counter(conn, "embedded_total", embedded)
+            meta.add_embedded(conn, embedded)
         self.report.embedded += embedded
 
     def _commit_failure(self, p: Prepared, exc: BaseException) -> None:
@@ -417,7 +414,7 @@ class Ingestor:
         self, conn: Connection, p: Prepared, vector: np.ndarray | None, added: list, removed: list
     ) -> None:
         """Write one prepared file; records FAISS changes in ``added``/``removed``."""
-        old = store.find_by_path(conn, p.fs.path)
+        old = images.find_by_path(conn, p.fs.path)
         now = time.time()
         base = {
             "path": p.fs.path,
@@ -433,24 +430,24 @@ class Ingestor:
             self.report.removed += old is not None
             return None
         if p.kind == "known":
-            src = conn.execute(select(images).where(images.c.id == p.source)).first()
+            src = images.find_by_id(conn, p.source) if p.source is not None else None
             if src is None or src.status != STATUS_INDEXED:  # gone since the worker looked
-                src = store.find_indexed_by_hash(conn, p.content_hash, self.lib.model)
+                src = images.find_indexed_by_hash(conn, p.content_hash, self.lib.model)
             if src is None:  # e.g. two files swapped names: its row was dropped just now
                 src = self._dropped.get(p.content_hash or "")
             if src is None:
                 p = Prepared(p.root_id, p.fs, "changed")
                 return self._apply(conn, p, None, added, removed)
             if old is not None and src is not None and old.id == src.id:  # touched only
-                conn.execute(update(images).where(images.c.id == old.id).values(**base))
+                images.update_file(conn, old.id, base)
                 return
             self._drop(conn, old, removed)
             if self._moved_away(conn, src):  # moved or renamed
-                conn.execute(update(images).where(images.c.id == src.id).values(**base))
+                images.update_file(conn, src.id, base)
                 self.report.moved += 1
                 return
             self.report.reused += 1
-            vector = store.blob_to_vector(src.vector)
+            vector = images.blob_to_vector(src.vector)
             row = {
                 **base,
                 "width": src.width,
@@ -482,29 +479,18 @@ class Ingestor:
                 self.report.pending += 1
             else:
                 self.report.failed += 1
-            conn.execute(
-                images.insert().values(
-                    **base,
-                    status=STATUS_PENDING if retry else STATUS_FAILED,
-                    reason=reason,
-                    retry_after=now + RETRY_DELAY_S if retry else None,
-                )
+            status = STATUS_PENDING if retry else STATUS_FAILED
+            images.insert_unindexed(
+                conn, base, status, reason, now + RETRY_DELAY_S if retry else None
             )
 
     def _insert_indexed(self, conn: Connection, row: dict, vector: np.ndarray, added: list) -> None:
-        new_id = conn.execute(
-            images.insert().values(
-                **row,
-                status=STATUS_INDEXED,
-                model=self.lib.model,
-                vector=store.vector_to_blob(vector),
-            )
-        ).inserted_primary_key[0]
+        new_id = images.insert_indexed(conn, row, self.lib.model, vector)
         added.append((new_id, np.asarray(vector, dtype=np.float32)))
 
     def _drop(self, conn: Connection, old: Any, removed: list) -> None:
         if old is not None:
-            store.delete_images(conn, [old.id])
+            images.delete_images(conn, [old.id])
             if old.status == STATUS_INDEXED:
                 removed.append(old.id)
                 self._dropped[old.content_hash] = old
@@ -517,7 +503,7 @@ class Ingestor:
             return False  # its row was replaced in this batch (two files swapped names)
         if not vanished(src.path):
             return False  # a copy
-        owner = _owner(src.path, store.list_roots(conn))
+        owner = _owner(src.path, list_roots(conn))
         return (
             owner is not None
             and root_available(owner[1])
@@ -531,7 +517,7 @@ class Ingestor:
         embedded, what vanished removed. Paths under an unavailable root, and paths that cannot
         be looked at (in a folder that turned unreadable), are left alone."""
         with self.lib.engine.connect() as conn:
-            roots = store.list_roots(conn)
+            roots = list_roots(conn)
         todo: list[tuple[int, FileStat]] = []
         missing: list[str] = []
         for path in paths:
@@ -562,7 +548,7 @@ class Ingestor:
             return []
         fs = FileStat(path, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         with self.lib.engine.connect() as conn:
-            row = store.find_by_path(conn, path)
+            row = images.find_by_path(conn, path)
         if row is not None and is_current((row.size, row.mtime_ns, row.status, row.ctime_ns), fs):
             return []
         return [(root_id, fs)]
@@ -570,19 +556,19 @@ class Ingestor:
     def _under(self, path: str) -> list[str]:
         """Rows at ``path`` or below it (a deleted folder)."""
         with self.lib.engine.connect() as conn:
-            return store.paths_at_or_under(conn, path)
+            return images.paths_at_or_under(conn, path)
 
     def move(self, src: str, dest: str) -> int:
         """Follow a rename of a file or folder in the database only: no read, no embedding.
         Returns how many rows moved; files the rows do not match are left to a refresh."""
         with self.lib.engine.connect() as conn:
-            roots = store.list_roots(conn)
+            roots = list_roots(conn)
         owner = _owner(dest, roots)
         if owner is None:
             return 0
         self.lib.vectors  # noqa: B018 - caught up before this change commits
         with self.lib.engine.begin() as conn:
-            moved, _dropped = store.move_paths(conn, src, dest, owner[0])
+            moved, _dropped = images.move_paths(conn, src, dest, owner[0])
         self.lib.sync_index()
         self.report.moved += moved
         return moved
@@ -597,14 +583,14 @@ class Ingestor:
         self.lib.vectors  # noqa: B018 - caught up before this change commits
         with self.lib.engine.begin() as conn:
             for path in paths:
-                row = store.find_by_path(conn, path)
+                row = images.find_by_path(conn, path)
                 if (
                     row is not None
                     and vanished(path)
                     and not any(is_under(path, m) for m in frozen)
                 ):
                     gone.append(row.id)
-            store.delete_images(conn, gone)
+            images.delete_images(conn, gone)
         self.lib.sync_index()
         self.report.removed += len(gone)
         return len(gone)

@@ -7,34 +7,26 @@ cache: without a usable file they search an index built in memory; only the writ
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from sqlalchemy import Connection, Engine, delete, func, select, update
 
 from imgindex import diskspace, fsafe, store
+from imgindex.db import Connection, Engine, changes, clusters, images, meta, queue
+from imgindex.db.engine import make_engine, snapshot
+from imgindex.db.migrate import ensure_schema, no_library
+from imgindex.db.roots import add_root, root_paths
+from imgindex.db.schema import STATUS_FAILED, STATUS_INDEXED, STATUS_PENDING
 from imgindex.errors import DiskFull, ImgIndexError, LibraryNotFound, ModelMismatch
-from imgindex.migrate import ensure_schema, no_library
 from imgindex.models import DEFAULT_MODEL, get_spec
 from imgindex.paths import LibraryPaths
-from imgindex.schema import (
-    STATUS_FAILED,
-    STATUS_INDEXED,
-    STATUS_PENDING,
-    clusters,
-    images,
-    meta,
-    queue,
-)
 from imgindex.vindex import (
     FLAT_MAX,
     FileRecord,
@@ -52,11 +44,6 @@ K_AUTO = "auto"
 K_MAX = 4096  # the most clusters `init --k` accepts (fits cap k at half the images, see organize)
 
 T = TypeVar("T")
-RECORD_PREFIX = "cache."  # meta key of an index file's FileRecord: cache.vectors.<seq>.faiss
-
-
-def record_key(name: str) -> str:
-    return RECORD_PREFIX + name
 
 
 @dataclass(frozen=True)
@@ -83,12 +70,11 @@ class Library:
         self._lock = lock
         self._vindex: VectorIndex | None = None
         self.read_only = False  # the database was opened read-only (see ``_open``)
-        with engine.connect() as conn:
-            settings = store.all_meta(conn)
-        self.model: str = settings.get("model", DEFAULT_MODEL)
-        self.dim: int = int(settings.get("dim", "0"))
-        self.k_setting: str = settings.get("k", K_AUTO)
-        self.library_id: str | None = settings.get("library_id")  # the writer creates it
+        with snapshot(engine) as conn:
+            self.model: str = meta.model(conn) or DEFAULT_MODEL
+            self.dim: int = meta.dim(conn)
+            self.k_setting: str = meta.k_setting(conn) or K_AUTO
+            self.library_id: str | None = meta.library_id(conn)  # the writer creates it
         self.disk_full: DiskFull | None = None  # why the writer's last save failed
         self.tolerate_full_disk = False  # the daemon: keep the index in memory, retry later
         self._warned: set[tuple[str, str]] = set()
@@ -136,7 +122,7 @@ class Library:
         lock = store.WriteLock(paths.lock, purpose) if write else None
         if lock:
             lock.acquire()
-        engine = store.make_engine(paths.db, read_only=read_only)
+        engine = make_engine(paths.db, read_only=read_only)
         try:
             ensure_schema(engine, paths.db, create=create, read_only=read_only)
             lib = cls(paths, engine, lock)
@@ -164,10 +150,10 @@ class Library:
 
     def _identity(self, conn: Any) -> str:
         """The library's id (created when missing): index files are recorded as its own."""
-        found = store.get_meta(conn, "library_id")
+        found = meta.library_id(conn)
         if found is None:
             found = uuid.uuid4().hex
-            store.set_meta(conn, "library_id", found)
+            meta.set_library_id(conn, found)
         return found
 
     def _configure(self, roots: list[Path], *, k: str | None, model: str | None) -> None:
@@ -175,16 +161,15 @@ class Library:
             self.library_id = self._identity(conn)
             if not self.dim:
                 spec = get_spec(model or DEFAULT_MODEL)
-                store.set_meta(conn, "model", spec.name)
-                store.set_meta(conn, "dim", spec.dim)
-                store.set_meta(conn, "created_at", time.time())
+                meta.set_model(conn, spec.name, spec.dim)
+                meta.set_created_at(conn, time.time())
                 self.model, self.dim = spec.name, spec.dim
             elif model and get_spec(model).name != self.model:
                 raise self._mismatch(model)
             if k is not None:
-                store.set_meta(conn, "k", k)
+                meta.set_k_setting(conn, k)
                 self.k_setting = k
-            existing = [p for _, p in store.list_roots(conn)]
+            existing = root_paths(conn)
             for root in roots:
                 for other in existing:
                     if root != other and fsafe.overlaps(root, other):
@@ -192,8 +177,8 @@ class Library:
                             f"{root} and root {other} would overlap; a folder can belong to "
                             "one root only"
                         )
-                store.add_root(conn, root)
-            store.add_to_counter(conn, "config_version", 1)
+                add_root(conn, root)
+            meta.bump_config_version(conn)
 
     def _check_model(self) -> None:
         spec = get_spec(self.model)
@@ -209,33 +194,14 @@ class Library:
             f"to switch, run `imgindex reindex --model {wanted}` (re-embeds every image)"
         )
 
-    def require_model(self, model: str | None) -> None:
-        """Refuse to go on when the caller asked for a model other than the library's."""
-        if model and get_spec(model).name != self.model:
-            raise self._mismatch(model)
-
     def switch_model(self, model: str) -> None:
         """Forget every vector and cluster and adopt ``model``; every image becomes pending,
         so the next pass re-embeds it. One transaction: vectors of two models never mix."""
         spec = get_spec(model)
         with self.engine.begin() as conn:
-            conn.execute(
-                update(images)
-                .where(images.c.status != STATUS_FAILED)
-                .values(
-                    status=STATUS_PENDING,
-                    reason="waiting to be embedded with the new model",
-                    vector=None,
-                    model=None,
-                    cluster_id=None,
-                    content_hash=None,
-                )
-            )
-            conn.execute(delete(clusters))
-            for key in ("cluster_consolidated_at", "cluster_auto_k", "cluster_n_steps"):
-                conn.execute(delete(meta).where(meta.c.key == key))
-            store.set_meta(conn, "model", spec.name)
-            store.set_meta(conn, "dim", spec.dim)
+            images.forget_all_vectors(conn, "waiting to be embedded with the new model")
+            clusters.forget(conn)
+            meta.set_model(conn, spec.name, spec.dim)
         self.model, self.dim = spec.name, spec.dim
         self._vindex = None  # every vector left the log's set: the next use starts empty
 
@@ -272,20 +238,12 @@ class Library:
             self.save_index()  # the writer's file, when it was missing or behind
         return self._vindex
 
-    @contextmanager
-    def snapshot(self) -> Iterator[Connection]:
-        """One read transaction: every read on the connection sees the same commits (WAL)."""
-        with self.engine.connect() as conn, conn.begin():
-            if not conn.connection.dbapi_connection.in_transaction:
-                conn.exec_driver_sql("BEGIN")  # pysqlite runs a SELECT in autocommit otherwise
-            yield conn
-
     def read(self, fn: Callable[[Connection, VectorIndex], T]) -> T:
         """``fn(conn, index)`` in one read snapshot with the index caught up to exactly that
         snapshot, so an answer never mixes two states of the library."""
         for _attempt in range(5):
             vi = self._loaded()  # a file is opened before the snapshot: never newer than it
-            with self.snapshot() as conn:
+            with snapshot(self.engine) as conn:
                 if self._catch_up(conn, vi):
                     return fn(conn, vi)
             self._vindex = None  # superseded by a newer file: map that one
@@ -294,7 +252,7 @@ class Library:
     def _catch_up(self, conn: Connection, vi: VectorIndex) -> bool:
         """Bring ``vi`` to the log position of ``conn``'s snapshot; False when it cannot be
         (its file is older than the log's trimmed rows) or a reader should map a newer file."""
-        head, trimmed = store.log_position(conn)
+        head, trimmed = changes.log_position(conn)
         if not trimmed <= (vi.base_seq if vi.read_only else vi.seq) <= head:
             return False
         if not self.writable and self._newer_file(vi):
@@ -308,8 +266,8 @@ class Library:
             vi = VectorIndex.open_latest(
                 self.paths.root, self.dim, mmap=not self.writable, accept=self._usable
             )
-            with self.snapshot() as conn:
-                head, trimmed = store.log_position(conn)
+            with snapshot(self.engine) as conn:
+                head, trimmed = changes.log_position(conn)
                 if vi is None or vi.seq < trimmed or vi.seq > head:
                     if vi is not None and vi.read_only and vi.seq < trimmed:
                         continue  # the writer saved a newer file meanwhile: open that
@@ -334,7 +292,7 @@ class Library:
         if seen in self._rejected:
             return False
         with self.engine.connect() as conn:
-            record = FileRecord.from_json(store.get_meta(conn, record_key(path.name)))
+            record = FileRecord.from_json(meta.cache_record(conn, path.name))
         try:
             why = self._file_mismatch(path, record)
         except FileNotFoundError:
@@ -368,26 +326,26 @@ class Library:
 
     def _record(self, name: str, record: FileRecord) -> None:
         with self.engine.begin() as conn:
-            store.set_meta(conn, record_key(name), record.to_json())
+            meta.set_cache_record(conn, name, record.to_json())
 
     def _replay(self, conn: Any, vi: VectorIndex, head: int) -> None:
         """Apply the log rows after ``vi.seq`` (a reader: after its file's): drop every changed
         id, add back the current vectors of those still indexed."""
-        changed = store.logged_since(conn, vi.base_seq if vi.read_only else vi.seq)
-        vi.apply(changed, *store.vectors_for(conn, changed.tolist(), self.dim), seq=head)
+        changed = changes.logged_since(conn, vi.base_seq if vi.read_only else vi.seq)
+        vi.apply(changed, *images.vectors_for(conn, changed.tolist(), self.dim), seq=head)
         log.debug("caught the vector index up with %d changed images", len(changed))
 
     def _rebuild(self, conn: Any, head: int) -> VectorIndex:
         """A new index of every indexed vector: of the kind the library size calls for when
         it will be saved (the writer's), else exact (a reader's, in memory)."""
-        n = store.count_indexed(conn)
-        chunks = ((ids, x) for ids, x, _ in store.iter_vectors(conn, self.dim))
+        n = images.count_indexed(conn)
+        chunks = ((ids, x) for ids, x, _ in images.iter_vectors(conn, self.dim))
         if n < self.flat_max or not self.writable:
             vi = VectorIndex(self.dim, seq=head)
             for ids, x in chunks:
                 vi.add(ids, x)
         else:
-            train = store.sample_vectors(conn, min(n, 40 * nlist_for(n)), self.dim, seed=n)
+            train = images.sample_vectors(conn, min(n, 40 * nlist_for(n)), self.dim, seed=n)
             vi = VectorIndex(self.dim, build_ivf(self.dim, train, chunks, n), seq=head)
         log.info("built the vector index (%s) from %d stored vectors", vi.kind, n)
         return vi
@@ -397,7 +355,7 @@ class Library:
         if self._vindex is None:
             return
         with self.engine.connect() as conn:
-            head = store.log_position(conn)[0]
+            head = changes.log_head(conn)
             if head != self._vindex.seq:
                 self._replay(conn, self._vindex, head)
 
@@ -413,14 +371,14 @@ class Library:
         if not due or not self.writable:
             return False
         with self.engine.connect() as conn:
-            self._vindex = self._rebuild(conn, store.log_position(conn)[0])
+            self._vindex = self._rebuild(conn, changes.log_head(conn))
         self.save_index()
         return True
 
     @property
     def flat_max(self) -> int:
         with self.engine.connect() as conn:
-            return int(store.get_meta(conn, "index.flat_max", FLAT_MAX) or FLAT_MAX)
+            return meta.flat_max(conn, FLAT_MAX)
 
     def refresh(self) -> None:
         """Bring a long-lived reader up to date with the writer's changes (cheap when none;
@@ -433,7 +391,7 @@ class Library:
         for _, path in index_files(self.paths.root):
             path.unlink(missing_ok=True)
         with self.engine.connect() as conn:
-            self._vindex = self._rebuild(conn, store.log_position(conn)[0])
+            self._vindex = self._rebuild(conn, changes.log_head(conn))
         self.save_index()
 
     def save_index(self, vi: VectorIndex | None = None) -> None:
@@ -479,53 +437,45 @@ class Library:
             tmp.unlink(missing_ok=True)
             raise
         with self.engine.begin() as conn:
-            store.set_meta(conn, record_key(name), record.stamped(path).to_json())
-            store.trim_log(conn, vi.seq)
+            meta.set_cache_record(conn, name, record.stamped(path).to_json())
+            changes.trim_log(conn, vi.seq)
         for seq, old in index_files(folder):
             if seq != vi.seq:
                 old.unlink(missing_ok=True)
         with self.engine.begin() as conn:
-            conn.execute(
-                delete(meta).where(
-                    meta.c.key.like(RECORD_PREFIX + "vectors.%"), meta.c.key != record_key(name)
-                )
-            )
+            meta.drop_cache_records_except(conn, name)
 
     # --- reading ------------------------------------------------------------------------------
 
     def roots(self) -> list[Path]:
         with self.engine.connect() as conn:
-            return [p for _, p in store.list_roots(conn)]
+            return root_paths(conn)
 
     def status(self) -> dict[str, Any]:
         """Settings and counts, as ``imgindex status`` shows them (all from one snapshot)."""
         return self.read(self._status)
 
     def _status(self, conn: Connection, vi: VectorIndex) -> dict[str, Any]:
-        counts = store.count_by_status(conn)
-        settings = store.all_meta(conn)
-        n_clusters = conn.execute(select(func.count()).select_from(clusters)).scalar()
-        queued = conn.execute(select(func.count()).select_from(queue)).scalar()
+        counts = images.count_by_status(conn)
         return {
             "data_dir": str(self.paths.root),
-            "roots": [{"path": str(p), "available": p.is_dir()} for _, p in store.list_roots(conn)],
+            "roots": [{"path": str(p), "available": p.is_dir()} for p in root_paths(conn)],
             "model": self.model,
             "dim": self.dim,
             "k": self.k_setting,
-            "clusters": n_clusters,
+            "clusters": clusters.count(conn),
             "indexed": counts.get(STATUS_INDEXED, 0),
             "failed": counts.get(STATUS_FAILED, 0),
             "pending": counts.get(STATUS_PENDING, 0),
             "index_size": vi.size,
             "index_kind": vi.kind,
-            "embedded_total": int(settings.get("embedded_total", "0")),
-            "queued": queued,
-            "daemon": self._daemon_status(settings.get("status.daemon")),
+            "embedded_total": meta.embedded_total(conn),
+            "queued": queue.count(conn),
+            "daemon": self._daemon_status(meta.daemon_status(conn)),
         }
 
-    def _daemon_status(self, published: str | None) -> dict[str, Any]:
+    def _daemon_status(self, info: dict[str, Any]) -> dict[str, Any]:
         holder = store.lock_holder(self.paths.lock)
-        info = json.loads(published) if published else {}
         running = bool(holder and "daemon" in holder)
         return {
             "running": running,
@@ -538,13 +488,8 @@ class Library:
         }
 
     def failed(self) -> list[dict[str, Any]]:
-        q = (
-            select(images.c.path, images.c.reason, images.c.status)
-            .where(images.c.status != STATUS_INDEXED)
-            .order_by(images.c.path)
-        )
         with self.engine.connect() as conn:
-            return [{"path": p, "reason": r, "status": s} for p, r, s in conn.execute(q)]
+            return [{"path": p, "reason": r, "status": s} for p, r, s in images.not_indexed(conn)]
 
     def search_stored(self, paths: list[Path], k: int = 10) -> list[Match] | None:
         """The ``k`` nearest images to the first of ``paths`` that is indexed and unchanged,
@@ -560,13 +505,13 @@ class Library:
 
     def _stored_vector(self, conn: Connection, path: Path) -> tuple[int, np.ndarray] | None:
         """``(id, vector)`` of an indexed, unchanged file, or None."""
-        row = store.find_by_path(conn, str(path))
+        row = images.find_by_path(conn, str(path))
         if row is None or row.status != STATUS_INDEXED or row.model != self.model:
             return None
         st = path.stat()
         if (st.st_size, st.st_mtime_ns) != (row.size, row.mtime_ns):
             return None
-        return row.id, store.blob_to_vector(row.vector)
+        return row.id, images.blob_to_vector(row.vector)
 
     def search(self, vector: np.ndarray, k: int = 10, exclude: int | None = None) -> list[Match]:
         """The ``k`` nearest indexed images to ``vector`` (cosine), best first, read from one
@@ -577,19 +522,16 @@ class Library:
     def _search(
         self, conn: Connection, vi: VectorIndex, vector: np.ndarray, k: int, exclude: int | None
     ) -> list[Match]:
-        q = select(images.c.id, images.c.path, images.c.cluster_id, images.c.vector)
         n = vi.candidates(k + (exclude is not None))
         while True:
             _scores, ids = vi.search(vector, n)
             found = [int(i) for i in ids[0] if i >= 0 and i != exclude]
-            rows = conn.execute(
-                q.where(images.c.id.in_(found), images.c.status == STATUS_INDEXED)
-            ).all()
+            rows = images.indexed_by_ids(conn, found)
             if len(rows) >= k or np.count_nonzero(ids[0] >= 0) < n:
                 break
             n *= 2  # some candidates were not indexed (a stale index): ask for more
         if not rows:
             return []
-        exact = store.stack_blobs([r.vector for r in rows], self.dim) @ np.ravel(vector)
+        exact = images.stack_blobs([r.vector for r in rows], self.dim) @ np.ravel(vector)
         order = np.argsort(-exact, kind="stable")[:k]
         return [Match(rows[i].path, float(exact[i]), rows[i].cluster_id) for i in order]

@@ -14,19 +14,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
-from sqlalchemy import Connection, func, select, update
 
-from imgindex import cluster, store
-from imgindex.clusterstore import (
-    get_meta_json,
-    load_state,
-    refresh_labels,
-    save_state,
-    set_meta_json,
-)
-from imgindex.schema import STATUS_INDEXED, images
+from imgindex import cluster
+from imgindex.clusterstore import refresh_labels
+from imgindex.db import Connection, images, meta
+from imgindex.db.clusters import State, load_state, save_state
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +34,6 @@ REASSIGN_MAX = 50_000  # beyond this many images, drains leave assignments to co
 SEED = 0
 
 
-def _count(conn: Connection) -> int:
-    q = select(func.count()).select_from(images).where(images.c.status == STATUS_INDEXED)
-    return int(conn.execute(q).scalar() or 0)
-
-
 def after_batch(
     conn: Connection, k_setting: str, dim: int, ids: np.ndarray, vectors: np.ndarray, n: int
 ) -> None:
@@ -52,7 +42,7 @@ def after_batch(
     if len(ids) == 0:
         return
     state = load_state(conn)
-    last = int(store.get_meta(conn, "cluster_consolidated_at", "0") or 0)
+    last = meta.consolidated_at(conn)
     if state is None:
         if n >= FIRST_FIT:
             consolidate(conn, k_setting, dim, rechoose=False)
@@ -61,13 +51,13 @@ def after_batch(
         consolidate(conn, k_setting, dim, rechoose=False)
         return
     cs = cluster.ClusterState(
-        state["ids"], state["centers"], state["weights"], state["n_steps"], state["since_reassign"]
+        state.ids, state.centers, state.weights, state.n_steps, state.since_reassign
     )
     cs = cluster.partial_fit(cs, vectors, seed=SEED)
     labels = cluster.assign(cs.centers, vectors)
-    store.set_clusters(conn, ids, cs.ids[labels])
-    sizes = state["sizes"] + np.bincount(labels, minlength=cs.k)
-    save_state(conn, cs.ids, cs.centers, cs.weights, sizes, cs.n_steps, cs.since_reassign)
+    images.set_clusters(conn, ids, cs.ids[labels])
+    sizes = state.sizes + np.bincount(labels, minlength=cs.k)
+    save_state(conn, State(cs.ids, cs.centers, cs.weights, sizes, cs.n_steps, cs.since_reassign))
 
 
 def after_drain(
@@ -77,14 +67,14 @@ def after_drain(
 
     ``vectors``: ``(ids, matrix)`` of every indexed vector when the caller holds them in
     memory (the writer's FAISS index), which spares reading every BLOB back from SQLite."""
-    n = _count(conn)
+    n = images.count_indexed(conn)
     if vectors is not None and len(vectors[0]) != n:
         vectors = None  # not in step with the database: read SQLite
     state = load_state(conn)
-    last = int(store.get_meta(conn, "cluster_consolidated_at", "0") or 0)
+    last = meta.consolidated_at(conn)
     if (
         state is None
-        or _target_k(conn, k_setting, n) != len(state["ids"])
+        or _target_k(conn, k_setting, n) != len(state.ids)
         or abs(n - last) > REFRESH_RATIO * max(last, 1)
     ):
         consolidate(conn, k_setting, dim, vectors=vectors)
@@ -103,10 +93,10 @@ def _target_k(conn: Connection, k_setting: str, n: int) -> int:
     choice."""
     if k_setting != "auto":
         return fixed_k(k_setting, n)
-    chosen = get_meta_json(conn, "cluster_auto_k", {})
-    if not chosen or n >= 2 * chosen.get("at", 0):
+    chosen = meta.auto_k(conn)
+    if chosen is None or n >= 2 * chosen.at:
         return -1  # (re)choose by silhouette now
-    return min(int(chosen["k"]), n)
+    return min(chosen.k, n)
 
 
 def _choose_k(conn: Connection, k_setting: str, dim: int, n: int, rechoose: bool) -> int:
@@ -115,14 +105,14 @@ def _choose_k(conn: Connection, k_setting: str, dim: int, n: int, rechoose: bool
     the last choice, or a provisional sqrt(n/2), so a big first run is not slowed by it."""
     if k_setting != "auto":
         return fixed_k(k_setting, n)
-    chosen = get_meta_json(conn, "cluster_auto_k", {})
-    if chosen and chosen.get("k", 0) <= n and (not rechoose or n < 2 * chosen.get("at", 0)):
-        return int(chosen["k"])
+    chosen = meta.auto_k(conn)
+    if chosen is not None and chosen.k <= n and (not rechoose or n < 2 * chosen.at):
+        return chosen.k
     if not rechoose:
         return max(1, min(n, round((n / 2) ** 0.5), cluster.AUTO_K_CANDIDATES[-1]))
     sample = _sample(conn, dim, n, SAMPLE_K)
     k, scores = cluster.choose_k(sample, seed=SEED)
-    set_meta_json(conn, "cluster_auto_k", {"k": k, "at": n, "silhouette": scores})
+    meta.set_auto_k(conn, meta.AutoK(k, n, scores))
     log.info("chose k=%d by silhouette on %d vectors", k, len(sample))
     return k
 
@@ -140,10 +130,10 @@ def _sample(
         return np.array(x if len(x) <= size else x[np.sort(rng.choice(len(x), size, False))])
     if n <= size:
         return np.concatenate(
-            [v for _, v, _ in store.iter_vectors(conn, dim)] or [np.empty((0, dim), np.float32)]
+            [v for _, v, _ in images.iter_vectors(conn, dim)] or [np.empty((0, dim), np.float32)]
         )
-    pick = rng.choice(store.indexed_ids(conn), size=size, replace=False)
-    return store.vectors_for(conn, pick.tolist(), dim)[1]
+    pick = rng.choice(images.indexed_ids(conn), size=size, replace=False)
+    return images.vectors_for(conn, pick.tolist(), dim)[1]
 
 
 def _chunks(
@@ -151,11 +141,10 @@ def _chunks(
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Every indexed ``(ids, vectors, cluster ids)``, from memory when given, else SQLite."""
     if vectors is None:
-        yield from store.iter_vectors(conn, dim)
+        yield from images.iter_vectors(conn, dim)
         return
     ids, x = vectors
-    q = select(images.c.id, images.c.cluster_id).where(images.c.status == STATUS_INDEXED)
-    current = {i: (-1 if c is None else c) for i, c in conn.execute(q)}
+    current = images.cluster_assignments(conn)
     for start in range(0, len(ids), size):
         part = ids[start : start + size]
         cids = np.fromiter((current.get(int(i), -1) for i in part), np.int64, len(part))
@@ -170,18 +159,11 @@ def consolidate(
     vectors: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> None:
     """Full k-means++ over (a sample of) the library; ids follow their images."""
-    n = _count(conn)
+    n = images.count_indexed(conn)
     if n == 0:
-        save_state(
-            conn,
-            np.empty(0, np.int64),
-            np.empty((0, dim), np.float32),
-            np.empty(0),
-            np.empty(0),
-            0,
-            0,
-        )
-        conn.execute(update(images).values(cluster_id=None))
+        empty = np.empty(0)
+        save_state(conn, State(np.empty(0, np.int64), np.empty((0, dim), np.float32), empty, empty))
+        images.clear_clusters(conn)
         return
     k = max(1, _choose_k(conn, k_setting, dim, n, rechoose))
     centers = cluster.fit_full(_sample(conn, dim, n, SAMPLE_FIT, vectors), k, seed=SEED)
@@ -196,10 +178,11 @@ def consolidate(
     k = len(used)
     new_ids = _stable_ids(conn, pos, old_ids, k)
     sizes = np.bincount(pos, minlength=k)
-    store.set_clusters(conn, ids, new_ids[pos])
-    state = load_state(conn) or {"n_steps": 0, "since_reassign": 0}
-    save_state(conn, new_ids, centers, sizes.astype(np.float32), sizes, state["n_steps"], 0)
-    store.set_meta(conn, "cluster_consolidated_at", n)
+    images.set_clusters(conn, ids, new_ids[pos])
+    state = load_state(conn)
+    n_steps = state.n_steps if state else 0
+    save_state(conn, State(new_ids, centers, sizes.astype(np.float32), sizes, n_steps, 0))
+    meta.set_consolidated_at(conn, n)
     refresh_labels(conn)
     log.info("consolidated %d images into %d clusters", n, k)
 
@@ -207,25 +190,23 @@ def consolidate(
 def _stable_ids(conn: Connection, pos: np.ndarray, old_ids: np.ndarray, k: int) -> np.ndarray:
     known = old_ids >= 0
     previous = np.unique(old_ids[known])
-    next_id = int(store.get_meta(conn, "cluster_next_id", "1") or 1)
+    next_id = meta.next_cluster_id(conn)
     overlap = np.zeros((len(previous), k), dtype=np.int64)
     if len(previous):
         np.add.at(overlap, (np.searchsorted(previous, old_ids[known]), pos[known]), 1)
     new_ids = cluster.match_ids(overlap, previous, np.bincount(pos, minlength=k), next_id)
-    store.set_meta(conn, "cluster_next_id", max(next_id, int(new_ids.max()) + 1))
+    meta.set_next_cluster_id(conn, max(next_id, int(new_ids.max()) + 1))
     return new_ids
 
 
 def _reassign_all(
-    conn: Connection, state: dict, dim: int, vectors: tuple[np.ndarray, np.ndarray] | None = None
+    conn: Connection, state: State, dim: int, vectors: tuple[np.ndarray, np.ndarray] | None = None
 ) -> None:
-    centers, cids = state["centers"], state["ids"]
+    centers, cids = state.centers, state.ids
     sizes = np.zeros(len(cids), dtype=np.int64)
     for ids, vecs, _ in _chunks(conn, dim, vectors):
         labels = cluster.assign(centers, vecs)
-        store.set_clusters(conn, ids, cids[labels])
+        images.set_clusters(conn, ids, cids[labels])
         sizes += np.bincount(labels, minlength=len(cids))
-    save_state(
-        conn, cids, centers, state["weights"], sizes, state["n_steps"], state["since_reassign"]
-    )
+    save_state(conn, replace(state, sizes=sizes))
     refresh_labels(conn)

@@ -25,11 +25,10 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import select
 
-from imgindex import store
+from imgindex.db import images, meta
+from imgindex.db.schema import STATUS_FAILED, STATUS_INDEXED, STATUS_PENDING
 from imgindex.errors import ImgIndexError
-from imgindex.schema import STATUS_FAILED, STATUS_INDEXED, STATUS_PENDING, images
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +118,7 @@ def nearest_members(
 ) -> dict[int, list[int]]:
     """The ``per`` image ids of every cluster nearest its centre, nearest first."""
     ids, cids, dist = [], [], []
-    for chunk_ids, vecs, chunk_cids in store.iter_vectors(conn, dim):
+    for chunk_ids, vecs, chunk_cids in images.iter_vectors(conn, dim):
         known = np.isin(chunk_cids, list(centers))
         if not known.any():
             continue
@@ -142,18 +141,16 @@ def nearest_members(
 def silhouette(conn: Any, dim: int, k_setting: str) -> dict[str, Any]:
     """``{"scores": {k: score}, "marks": {k: label}, "source": text}``: the scores stored when
     k was chosen automatically, else (k fixed by the user) scores computed now on a sample."""
-    from imgindex.clusterstore import get_meta_json
-
-    stored = get_meta_json(conn, "cluster_auto_k", {})
-    if stored.get("silhouette") and not k_setting.isdigit():
+    stored = meta.auto_k(conn)
+    if stored is not None and stored.silhouette and not k_setting.isdigit():
         return {
-            "scores": {int(k): float(v) for k, v in stored["silhouette"].items()},
-            "marks": {int(stored["k"]): "chosen"} if "k" in stored else {},
-            "source": f"scored when k was chosen automatically, on {stored.get('at', '?')} images",
+            "scores": stored.silhouette,
+            "marks": {stored.k: "chosen"},
+            "source": f"scored when k was chosen automatically, on {stored.at} images",
         }
     from imgindex.cluster import choose_k
 
-    sample = store.sample_vectors(conn, SILHOUETTE_SAMPLE, dim, SEED)
+    sample = images.sample_vectors(conn, SILHOUETTE_SAMPLE, dim, SEED)
     best, scores = choose_k(sample, seed=SEED) if len(sample) >= 3 else (0, {})
     marks = {best: "best"} if scores else {}
     if k_setting.isdigit():
@@ -170,18 +167,16 @@ def silhouette(conn: Any, dim: int, k_setting: str) -> dict[str, Any]:
 def gather(lib: Any, thumbs_max: int = THUMBS_MAX, sheet_size: int = SHEET_SIZE) -> dict:
     """Everything the page shows, as one JSON-able dict (see ``_PAGE``'s script)."""
     from imgindex.atlas import library_map
-    from imgindex.clusterstore import display_name, load_state, titles
+    from imgindex.clusterstore import display_name
+    from imgindex.db.clusters import load_state, titles
 
     atlas = library_map(lib)
     where = {int(i): n for n, i in enumerate(atlas.ids)}
-    q = select(images.c.id, images.c.path, images.c.cluster_id)
     with lib.engine.connect() as conn:
-        rows = [
-            r for r in conn.execute(q.where(images.c.status == STATUS_INDEXED)) if r.id in where
-        ]
-        counts = store.count_by_status(conn)
+        rows = [r for r in images.indexed_files(conn) if r.id in where]
+        counts = images.count_by_status(conn)
         state = load_state(conn)
-        centers = dict(zip(state["ids"].tolist(), state["centers"], strict=True)) if state else {}
+        centers = dict(zip(state.ids.tolist(), state.centers, strict=True)) if state else {}
         sheets = nearest_members(conn, lib.dim, centers, sheet_size)
         named = titles(conn)
         scores = silhouette(conn, lib.dim, lib.k_setting)

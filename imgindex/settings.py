@@ -15,9 +15,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection
-
-from imgindex import store
+from imgindex.db import Engine, meta
+from imgindex.db.roots import root_paths
 from imgindex.errors import ImgIndexError
 
 log = logging.getLogger(__name__)
@@ -147,32 +146,34 @@ def _check_view_dir(value: str, roots: Sequence[Path]) -> str:
     return value
 
 
-def load(conn: Connection, **overrides: Any) -> DaemonSettings:
+def load(engine: Engine, **overrides: Any) -> DaemonSettings:
     """Stored settings with ``overrides`` (those not None) on top. A stored value that is not
     valid (written by an older version, or a view_dir a new root now overlaps) is replaced by
     the default, with a warning; an invalid override raises ImgIndexError."""
-    roots = [p for _, p in store.list_roots(conn)]
+    with engine.connect() as conn:
+        folders = root_paths(conn)
+        stored = meta.daemon_settings(conn)
     values: dict[str, Any] = {}
-    for key, raw in store.all_meta(conn).items():
-        name = key[len("daemon.") :]
-        if not key.startswith("daemon.") or name not in NAMES:
+    for name, raw in stored.items():
+        if name not in NAMES:
             continue
         try:
-            values[name] = parse(name, raw, roots)
+            values[name] = parse(name, raw, folders)
         except ImgIndexError as exc:
             default = getattr(DEFAULTS, name)
             log.warning("stored setting %s: %s; using the default, %r", name, exc, default)
     for name, value in overrides.items():
         if value is not None:
-            values[name] = check(name, value, roots)
+            values[name] = check(name, value, folders)
     return replace(DEFAULTS, **values)
 
 
-def save(conn: Connection, name: str, raw: str) -> Any:
-    """Check and store setting ``name``; a running daemon picks it up."""
-    value = parse(name, raw, [p for _, p in store.list_roots(conn)])
-    store.set_meta(conn, f"daemon.{name}", raw)
-    store.add_to_counter(conn, "config_version", 1)
+def save(engine: Engine, name: str, raw: str) -> Any:
+    """Check and store setting ``name`` (one transaction); a running daemon picks it up."""
+    with engine.begin() as conn:
+        value = parse(name, raw, root_paths(conn))
+        meta.set_daemon_setting(conn, name, raw)
+        meta.bump_config_version(conn)
     return value
 
 

@@ -23,12 +23,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, select
-
 from imgindex import fsafe
-from imgindex.clusterstore import titles
+from imgindex.db import Connection, images
+from imgindex.db.clusters import titles
 from imgindex.errors import ImgIndexError
-from imgindex.schema import STATUS_INDEXED, images
 
 log = logging.getLogger(__name__)
 
@@ -112,14 +110,6 @@ def _free_name(wish: str, taken: set[str]) -> str:
 # --- planning -------------------------------------------------------------------------------
 
 
-def _members(conn: Connection) -> list[Any]:
-    return conn.execute(
-        select(images.c.path, images.c.cluster_id, images.c.size, images.c.mtime_ns)
-        .where(images.c.status == STATUS_INDEXED, images.c.cluster_id.is_not(None))
-        .order_by(images.c.cluster_id, images.c.path)
-    ).all()
-
-
 def _foreign(view_dir: Path, folder: str, old: Manifest) -> set[str]:
     """Casefolded names in a view folder that imgindex did not make."""
     try:
@@ -135,7 +125,7 @@ def plan(conn: Connection, view_dir: Path, old: Manifest, kind: str) -> dict[str
     names = titles(conn)
     had = {(e.cluster, e.source): rel.rpartition("/")[2] for rel, e in old.entries.items()}
     by_cluster: dict[int, list[Any]] = {}
-    for row in _members(conn):
+    for row in images.clustered_files(conn):
         by_cluster.setdefault(row.cluster_id, []).append(row)
     wanted: dict[str, Entry] = {}
     for cid, rows in by_cluster.items():

@@ -1,4 +1,4 @@
-"""Alembic environment. imgindex runs migrations from code (``imgindex.migrate``), passing the
+"""Alembic environment. imgindex runs migrations from code (``imgindex.db.migrate``), passing the
 open connection in ``config.attributes["connection"]``; the ``alembic`` CLI also works with
 ``-x db=PATH``."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-from imgindex.schema import metadata
+from imgindex.db.schema import metadata
 
 config = context.config
 

@@ -18,9 +18,10 @@ from daemon_helpers import DaemonProcess, status, wait_for
 from helpers import cli, cli_json, run_process
 from imaging import draw, make_photos
 
-from imgindex import store
+from imgindex.db.images import stack_blobs
+from imgindex.db.meta import set_flat_max
+from imgindex.db.schema import images
 from imgindex.library import Library
-from imgindex.schema import images
 from imgindex.vindex import index_files
 
 DIM = 192  # the thumbnail model's
@@ -45,7 +46,7 @@ def exact_top(data: Path, photo: Path, k: int) -> list[str]:
     """The true ``k`` nearest neighbours of an indexed photo, from the vectors in SQLite."""
     with sqlite3.connect(data / "imgindex.db") as conn:
         rows = conn.execute("SELECT path, vector FROM images WHERE status='indexed'").fetchall()
-    x = store.stack_blobs([v for _, v in rows], DIM)
+    x = stack_blobs([v for _, v in rows], DIM)
     q = x[[p for p, _ in rows].index(str(photo.resolve()))]
     order = [i for i in np.argsort(-(x @ q), kind="stable") if rows[i][0] != str(photo.resolve())]
     return [rows[i][0] for i in order[:k]]
@@ -178,7 +179,7 @@ def test_check_compares_an_ivf_file_with_the_stored_vectors(tmp_path):
     photos.mkdir()
     cli(data, "init", photos, "--model", "thumbnail")
     with Library.open(data) as lib, lib.engine.begin() as conn:
-        store.set_meta(conn, "index.flat_max", 500)
+        set_flat_max(conn, 500)
     add_vectors(data, 1200)
     with Library.open(data, write=True) as lib:
         assert lib.vectors.kind.startswith("ivf")  # built and saved

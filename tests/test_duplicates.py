@@ -16,7 +16,8 @@ from helpers import cli, cli_json
 from imaging import draw
 from PIL import ImageOps
 
-from imgindex import store
+from imgindex.db.meta import set_flat_max
+from imgindex.db.schema import images
 from imgindex.duplicates import (
     DEFAULT_MAX_DISTANCE,
     DEFAULT_THRESHOLD,
@@ -24,8 +25,12 @@ from imgindex.duplicates import (
     phash_pairs,
 )
 from imgindex.library import Library
-from imgindex.phash import distances
-from imgindex.schema import images
+
+
+def distances(hashes: np.ndarray, h: int) -> np.ndarray:
+    """Hamming distance from ``h`` to each of ``hashes`` (int64 array of stored hashes)."""
+    x = np.bitwise_xor(np.asarray(hashes, np.int64), np.int64(h)).view(np.uint64)
+    return np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +206,7 @@ def test_vector_tier_through_an_ivf_index_finds_every_pair_above_the_threshold(t
     # unrelated uniform pHashes (no pair within 4 bits), the sign bit set in about half of them
     ph = rng.integers(-(2**63), 2**63 - 1, len(x), dtype=np.int64)
     with Library.open(data) as lib, lib.engine.begin() as conn:
-        store.set_meta(conn, "index.flat_max", 500)
+        set_flat_max(conn, 500)
         conn.execute(images.insert(), [
             {"path": f"/synthetic/{i}.jpg", "root_id": 1, "size": 1, "mtime_ns": 1,
              "status": "indexed", "model": lib.model, "vector": v.tobytes(), "updated_at": 0.0,

@@ -14,6 +14,7 @@ from helpers import cli
 from imaging import draw, make_photos
 
 from imgindex import atlas
+from imgindex.db.images import indexed_ids
 from imgindex.library import Library
 
 ODD_NAMES = ('comma, "quoted".jpg', "new\nline.jpg", "ünïcødé 写真.jpg", "semi;colon 'x'.jpg")
@@ -118,7 +119,7 @@ def test_the_map_cache_gets_the_mode_other_library_files_get(library, tmp_path):
 def test_big_libraries_lay_out_a_sample_and_place_the_rest_by_neighbours(library):
     _, data = library
     with Library.open(data) as lib, lib.engine.connect() as conn:
-        ids = atlas.store.indexed_ids(conn)
+        ids = indexed_ids(conn)
         small = atlas.compute(conn, lib.dim, ids, tsne_max=12)
         again = atlas.compute(conn, lib.dim, ids, tsne_max=12)
         paths = dict(conn.exec_driver_sql("SELECT id, path FROM images").all())

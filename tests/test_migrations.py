@@ -14,10 +14,11 @@ from alembic.script import ScriptDirectory
 from helpers import cli, cli_json
 from imaging import make_photos
 
-from imgindex import migrate, store
+from imgindex.db import migrate
+from imgindex.db.engine import make_engine
+from imgindex.db.schema import metadata
 from imgindex.errors import SchemaTooNew
 from imgindex.library import Library
-from imgindex.schema import metadata
 
 
 def test_schema_head_constant_is_alembics_head():
@@ -26,7 +27,7 @@ def test_schema_head_constant_is_alembics_head():
 
 
 def test_migrations_build_exactly_the_schema_the_code_queries(tmp_path):
-    engine = store.make_engine(tmp_path / "x.db")
+    engine = make_engine(tmp_path / "x.db")
     migrate.ensure_schema(engine, tmp_path / "x.db", create=True)
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
@@ -40,7 +41,7 @@ def _v1_library(tmp_path: Path, revision: str = "0001") -> tuple[Path, Path]:
     data = tmp_path / "data"
     data.mkdir()
     db = data / "imgindex.db"
-    migrate.upgrade(store.make_engine(db), db, target=revision)
+    migrate.upgrade(make_engine(db), db, target=revision)
     with sqlite3.connect(db) as conn:
         conn.executemany(
             "INSERT INTO meta VALUES (?, ?)",
@@ -84,7 +85,7 @@ def test_upgrade_from_first_revision_keeps_data_and_backs_up(tmp_path):
 def test_migrate_command_upgrades(tmp_path):
     _, data = _v1_library(tmp_path)
     cli(data, "migrate")
-    engine = store.make_engine(data / "imgindex.db")
+    engine = make_engine(data / "imgindex.db")
     assert migrate.current_revision(engine) == migrate.SCHEMA_HEAD
 
 

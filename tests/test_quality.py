@@ -12,7 +12,8 @@ from helpers import cli, cli_json
 from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score
 
-from imgindex import store
+from imgindex.db.images import iter_vectors, vectors_for
+from imgindex.db.meta import set_flat_max
 from imgindex.library import Library
 
 pytestmark = pytest.mark.slow
@@ -29,7 +30,7 @@ def _members(data: Path) -> dict[str, int]:
 
 def _vectors(data: Path) -> tuple[list[str], np.ndarray]:
     with Library.open(data) as lib, lib.engine.connect() as conn:
-        ids, vecs, _ = zip(*store.iter_vectors(conn, lib.dim), strict=True)
+        ids, vecs, _ = zip(*iter_vectors(conn, lib.dim), strict=True)
         ids, vecs = np.concatenate(ids), np.concatenate(vecs)
         paths = dict(conn.exec_driver_sql("SELECT id, path FROM images").all())
     return [paths[int(i)] for i in ids], vecs
@@ -110,7 +111,7 @@ def _precision_at_10(data: Path, paths: list[str], labels: np.ndarray) -> float:
     hits = []
     with Library.open(data) as lib, lib.engine.connect() as conn:
         ids = dict(conn.exec_driver_sql("SELECT path, id FROM images").all())
-        vecs = dict(zip(*store.vectors_for(conn, list(ids.values()), lib.dim), strict=True))
+        vecs = dict(zip(*vectors_for(conn, list(ids.values()), lib.dim), strict=True))
         for path, label in label_of.items():
             found = lib.search(vecs[ids[path]], 10, exclude=ids[path])
             hits.append(np.mean([label_of[m.path] == label for m in found]))
@@ -129,7 +130,7 @@ def test_caltech_compressed_ivf_index_keeps_precision(caltech, tmp_path):
     shutil.copytree(caltech, data)
     with Library.open(data, write=True) as lib:
         with lib.engine.begin() as conn:
-            store.set_meta(conn, "index.flat_max", 500)
+            set_flat_max(conn, 500)
         assert lib.maybe_rebuild() and lib.vectors.approximate
         kind = lib.vectors.kind
     compressed = _precision_at_10(data, paths, labels)

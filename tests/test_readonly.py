@@ -17,7 +17,8 @@ from helpers import cli, cli_json, run_process
 from imaging import make_photos
 from unprivileged import obey_file_modes
 
-from imgindex import migrate, store
+from imgindex.db import migrate
+from imgindex.db.engine import make_engine
 
 
 @pytest.fixture()
@@ -125,7 +126,7 @@ def test_an_old_schema_in_a_read_only_dir_asks_for_migrate(shared):
     data = shared / "old"
     data.mkdir()
     db = data / "imgindex.db"
-    migrate.upgrade(store.make_engine(db), db, target="0001")
+    migrate.upgrade(make_engine(db), db, target="0001")
     with sqlite3.connect(db) as conn:
         conn.executemany("INSERT INTO meta VALUES (?, ?)", [("model", "thumbnail"), ("dim", "192")])
     read_only(data)
@@ -196,7 +197,7 @@ def test_an_interrupted_init_is_refused_until_init_runs_again(tmp_path):
     make_photos(photos, "red", 2)
     data.mkdir()
     db = data / "imgindex.db"
-    migrate.upgrade(store.make_engine(db), db)
+    migrate.upgrade(make_engine(db), db)
     result = cli(data, "status", code=1)
     assert "imgindex init" in result.stderr and result.stderr.count("\n") == 1
     cli(data, "init", photos, "--model", "thumbnail")

@@ -12,10 +12,12 @@ from helpers import cli, cli_json
 from imaging import make_photos
 from sqlalchemy import delete
 
-from imgindex import store
+from imgindex.db.changes import log_position, logged_since
+from imgindex.db.images import stack_blobs
+from imgindex.db.meta import set_flat_max
+from imgindex.db.schema import images
 from imgindex.ingest import Ingestor
 from imgindex.library import Library
-from imgindex.schema import images
 from imgindex.vindex import index_files
 
 DIM = 192  # the thumbnail model's
@@ -51,14 +53,14 @@ def synthetic(tmp_path: Path) -> Path:
     (tmp_path / "photos").mkdir()
     cli(data, "init", tmp_path / "photos", "--model", "thumbnail")
     with Library.open(data) as lib, lib.engine.begin() as conn:
-        store.set_meta(conn, "index.flat_max", 500)
+        set_flat_max(conn, 500)
     return data
 
 
 def exact_top(data: Path, q: np.ndarray, k: int) -> list[str]:
     with Library.open(data) as lib, lib.engine.connect() as conn:
         rows = conn.execute(images.select().where(images.c.status == "indexed")).all()
-    x = store.stack_blobs([r.vector for r in rows], DIM)
+    x = stack_blobs([r.vector for r in rows], DIM)
     return [rows[i].path for i in np.argsort(-(x @ q))[:k]]
 
 
@@ -105,8 +107,8 @@ def test_reader_overlays_what_the_writer_has_not_saved(synthetic):
         writer.save_index()
     (seq, _), = index_files(synthetic)
     with Library.open(synthetic) as lib, lib.engine.connect() as conn:
-        assert seq == store.log_position(conn)[0]
-        assert len(store.logged_since(conn, 0)) == 0  # the saved changes left the log
+        assert seq == log_position(conn)[0]
+        assert len(logged_since(conn, 0)) == 0  # the saved changes left the log
         assert lib.vectors.size == 920
 
 

@@ -13,12 +13,14 @@ import logging
 import sqlite3
 from pathlib import Path
 
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Engine, column, inspect, select, table
 
 from imgindex import fsafe
 from imgindex.errors import ImgIndexError, LibraryNotFound, SchemaTooNew
 
 log = logging.getLogger(__name__)
+
+_alembic_version = table("alembic_version", column("version_num"))
 
 #: The newest revision this code knows; ``tests/test_migrations.py`` checks it is Alembic's head.
 SCHEMA_HEAD = "0006"
@@ -29,7 +31,7 @@ def migrations_dir() -> Path:
     spec = importlib.util.find_spec("imgindex._migrations")
     if spec is not None and spec.submodule_search_locations:
         return Path(next(iter(spec.submodule_search_locations)))
-    return Path(__file__).resolve().parents[1] / "migrations"
+    return Path(__file__).resolve().parents[2] / "migrations"
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -37,7 +39,7 @@ def current_revision(engine: Engine) -> str | None:
     with engine.connect() as conn:
         if not inspect(conn).has_table("alembic_version"):
             return None
-        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        return conn.execute(select(_alembic_version.c.version_num)).scalar()
 
 
 def known_revisions() -> set[str]:

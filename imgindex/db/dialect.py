@@ -1,0 +1,57 @@
+"""Statements whose syntax differs between databases, each behind a name that says what it
+does. Only SQLite is implemented; another dialect is added here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Table, column, select, table
+from sqlalchemy.dialects import sqlite
+
+#: SQLite's record of each AUTOINCREMENT table's last id.
+_sqlite_sequence = table("sqlite_sequence", column("name"), column("seq"))
+
+
+def _insert(conn: Connection, target: Table) -> Any:
+    """The dialect's INSERT, which knows ON CONFLICT."""
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert(target)
+    raise NotImplementedError(f"imgindex stores its library in SQLite, not {conn.dialect.name}")
+
+
+def upsert(
+    conn: Connection, target: Table, rows: Sequence[dict[str, Any]], key: str, update: Sequence[str]
+) -> None:
+    """Insert ``rows``; a row whose ``key`` exists already gets the ``update`` columns of the
+    new row instead (``INSERT ... ON CONFLICT DO UPDATE``)."""
+    if not rows:
+        return
+    stmt = _insert(conn, target)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[key], set_={c: stmt.excluded[c] for c in update}
+    )
+    conn.execute(stmt, list(rows))
+
+
+def insert_missing(
+    conn: Connection, target: Table, rows: Sequence[dict[str, Any]], key: str
+) -> None:
+    """Insert those of ``rows`` whose ``key`` is not there yet (``INSERT OR IGNORE``)."""
+    if not rows:
+        return
+    stmt = _insert(conn, target).on_conflict_do_nothing(index_elements=[key])
+    conn.execute(stmt, list(rows))
+
+
+def last_autoincrement_id(conn: Connection, table_name: str) -> int:
+    """The last id an AUTOINCREMENT table handed out (0 when none): ids are never reused, so
+    this is a position in the table's history even after rows are deleted."""
+    q = select(_sqlite_sequence.c.seq).where(_sqlite_sequence.c.name == table_name)
+    return int(conn.execute(q).scalar() or 0)
+
+
+def integrity_problems(conn: Connection) -> list[str]:
+    """What the database's own consistency check finds (``[]``: sound)."""
+    rows = [str(r[0]) for r in conn.exec_driver_sql("PRAGMA integrity_check").all()]
+    return [] if rows == ["ok"] else rows

@@ -1,0 +1,93 @@
+"""Engines for the library's SQLite file: its pragmas, read-only opening, one-snapshot reads,
+and the plain connections the decode workers use."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+
+from imgindex.errors import ImgIndexError
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+def make_engine(db_path: Path, *, read_only: bool = False) -> Engine:
+    """Engine for one SQLite file: WAL, busy timeout, foreign keys, NORMAL sync under WAL.
+
+    ``read_only``: for a reader that cannot write the data directory (a read-only mount,
+    another user's library); its connections never write (see ``connect_read_only``).
+    """
+    if read_only:
+        engine = create_engine(f"sqlite:///{db_path}", creator=lambda: connect_read_only(db_path))
+    else:
+        engine = create_engine(f"sqlite:///{db_path}")
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        _set_pragmas(dbapi_conn, read_only)
+
+    return engine
+
+
+def _set_pragmas(dbapi_conn: Any, read_only: bool) -> None:
+    """Every new SQLite connection: wait for a busy writer, WAL (a reader: write nothing),
+    foreign keys enforced."""
+    cur = dbapi_conn.cursor()
+    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    if read_only:  # the database is in WAL mode already (it is persistent)
+        cur.execute("PRAGMA query_only=ON")
+    else:
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def connect_read_only(db_path: Path) -> sqlite3.Connection:
+    """A connection that never writes: ``mode=ro``, which reads a WAL database when its
+    ``-shm`` file exists (a writer has it open) or can be created. When neither holds (a
+    read-only folder that no writer has open), ``immutable=1``, as SQLite documents for
+    that case: safe only when no write is pending, so a non-empty ``-wal`` is refused."""
+    uri = db_path.absolute().as_uri()
+    conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, check_same_thread=False)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        if getattr(exc, "sqlite_errorname", "") not in _NO_SHM:
+            raise
+    wal = db_path.with_name(f"{db_path.name}-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise ImgIndexError(
+            f"{wal} holds changes not yet written to the database, and {db_path.parent} is "
+            "read-only here; run `imgindex status` once as a user who can write it"
+        )
+    return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+
+
+_NO_SHM = ("SQLITE_READONLY_DIRECTORY", "SQLITE_CANTOPEN")  # the -shm file cannot be created
+
+
+@contextmanager
+def snapshot(engine: Engine) -> Iterator[Connection]:
+    """One read transaction: every read on the connection sees the same commits (WAL)."""
+    with engine.connect() as conn, conn.begin():
+        if not conn.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+            conn.exec_driver_sql("BEGIN")  # pysqlite runs a SELECT in autocommit otherwise
+        yield conn
+
+
+#: A decode worker's connection: the DB-API's own, without SQLAlchemy.
+WorkerConnection = sqlite3.Connection
+
+
+def worker_connection(db_path: Path) -> WorkerConnection:
+    """A plain DB-API connection for one decode worker thread: its lookups hold the GIL for
+    microseconds, not SQLAlchemy's milliseconds (see ``images.indexed_id_with_hash``)."""
+    return sqlite3.connect(db_path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)

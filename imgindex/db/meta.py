@@ -1,0 +1,249 @@
+"""The ``meta`` table: library-wide settings and counters as key/value text, read and written
+only through the typed accessors below (one per key), so no key is spelt twice."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, delete, select
+
+from imgindex.db.dialect import upsert
+from imgindex.db.schema import meta
+
+# --- the keys ---------------------------------------------------------------------------------
+
+_MODEL = "model"  # the embedding model's name
+_DIM = "dim"  # its vector dimension
+_K = "k"  # the number of clusters, or "auto"
+_LIBRARY_ID = "library_id"  # index files are recorded as this library's
+_CREATED_AT = "created_at"
+_CONFIG_VERSION = "config_version"  # bumped when roots or settings change: the daemon reloads
+_EMBEDDED_TOTAL = "embedded_total"  # images embedded over the library's life
+_MOUNT_POINTS = "mount_points"  # JSON list of sub-folders of roots seen as mount points
+_DAEMON_STATUS = "status.daemon"  # JSON: what the running daemon publishes for `status`
+_DAEMON_PREFIX = "daemon."  # daemon.<name>: the daemon's settings, as the user wrote them
+_CACHE_PREFIX = "cache."  # cache.<file name>: an index file's record (JSON)
+_FLAT_MAX = "index.flat_max"  # past this many vectors the FAISS index is IVF
+_LOG_TRIMMED = "index_log_trimmed"  # index_log rows up to this seq were deleted
+_CLUSTER_N_STEPS = "cluster_n_steps"  # MiniBatchKMeans state
+_CLUSTER_SINCE_REASSIGN = "cluster_since_reassign"
+_CLUSTER_CONSOLIDATED_AT = "cluster_consolidated_at"  # library size at the last consolidation
+_CLUSTER_NEXT_ID = "cluster_next_id"  # the next new cluster's id
+_CLUSTER_AUTO_K = "cluster_auto_k"  # JSON: the last choice of k by silhouette
+
+
+def _get(conn: Connection, key: str) -> str | None:
+    return conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar()
+
+
+def _set(conn: Connection, key: str, value: object) -> None:
+    upsert(conn, meta, [{"key": key, "value": str(value)}], key="key", update=["value"])
+
+
+def _int(conn: Connection, key: str, default: int = 0) -> int:
+    return int(_get(conn, key) or default)
+
+
+def _add(conn: Connection, key: str, amount: int) -> int:
+    value = _int(conn, key) + amount
+    _set(conn, key, value)
+    return value
+
+
+def _delete(conn: Connection, keys: Iterable[str]) -> None:
+    conn.execute(delete(meta).where(meta.c.key.in_(list(keys))))
+
+
+# --- the library --------------------------------------------------------------------------------
+
+
+def model(conn: Connection) -> str | None:
+    """The model the library's vectors come from (None before ``imgindex init`` set one)."""
+    return _get(conn, _MODEL)
+
+
+def dim(conn: Connection) -> int:
+    """The library's vector dimension (0 before ``imgindex init`` set a model)."""
+    return _int(conn, _DIM)
+
+
+def set_model(conn: Connection, name: str, dimension: int) -> None:
+    _set(conn, _MODEL, name)
+    _set(conn, _DIM, dimension)
+
+
+def k_setting(conn: Connection) -> str | None:
+    """The k the user set (a number, or "auto"); None when never set."""
+    return _get(conn, _K)
+
+
+def set_k_setting(conn: Connection, k: str) -> None:
+    _set(conn, _K, k)
+
+
+def library_id(conn: Connection) -> str | None:
+    return _get(conn, _LIBRARY_ID)
+
+
+def set_library_id(conn: Connection, value: str) -> None:
+    _set(conn, _LIBRARY_ID, value)
+
+
+def set_created_at(conn: Connection, when: float) -> None:
+    _set(conn, _CREATED_AT, when)
+
+
+def config_version(conn: Connection) -> int:
+    """Changes whenever roots or the daemon's settings change."""
+    return _int(conn, _CONFIG_VERSION)
+
+
+def bump_config_version(conn: Connection) -> int:
+    return _add(conn, _CONFIG_VERSION, 1)
+
+
+def embedded_total(conn: Connection) -> int:
+    return _int(conn, _EMBEDDED_TOTAL)
+
+
+def add_embedded(conn: Connection, count: int) -> int:
+    return _add(conn, _EMBEDDED_TOTAL, count)
+
+
+def mount_points(conn: Connection) -> list[str]:
+    """Sub-folders of roots that a walk found to be mount points."""
+    return json.loads(_get(conn, _MOUNT_POINTS) or "[]")
+
+
+def set_mount_points(conn: Connection, points: Iterable[str]) -> None:
+    _set(conn, _MOUNT_POINTS, json.dumps(sorted(points)))
+
+
+# --- the daemon -------------------------------------------------------------------------------
+
+
+def daemon_status(conn: Connection) -> dict[str, Any]:
+    """What the daemon last published about itself (``{}``: never ran)."""
+    raw = _get(conn, _DAEMON_STATUS)
+    return json.loads(raw) if raw else {}
+
+
+def publish_daemon_status(conn: Connection, info: dict[str, Any]) -> None:
+    _set(conn, _DAEMON_STATUS, json.dumps(info))
+
+
+def daemon_settings(conn: Connection) -> dict[str, str]:
+    """``{name: value as written}`` of every stored daemon setting."""
+    q = select(meta.c.key, meta.c.value).where(
+        meta.c.key.startswith(_DAEMON_PREFIX, autoescape=True)
+    )
+    return {
+        key[len(_DAEMON_PREFIX) :]: value
+        for key, value in conn.execute(q)
+        if key.startswith(_DAEMON_PREFIX)
+    }
+
+
+def set_daemon_setting(conn: Connection, name: str, raw: str) -> None:
+    _set(conn, _DAEMON_PREFIX + name, raw)
+
+
+# --- the FAISS cache --------------------------------------------------------------------------
+
+
+def cache_record(conn: Connection, file_name: str) -> str | None:
+    """The record (JSON) saved with index file ``file_name``, or None."""
+    return _get(conn, _CACHE_PREFIX + file_name)
+
+
+def set_cache_record(conn: Connection, file_name: str, record: str) -> None:
+    _set(conn, _CACHE_PREFIX + file_name, record)
+
+
+def drop_cache_records_except(conn: Connection, file_name: str) -> None:
+    """Forget the records of every index file but ``file_name``."""
+    conn.execute(
+        delete(meta).where(
+            meta.c.key.like(_CACHE_PREFIX + "vectors.%"), meta.c.key != _CACHE_PREFIX + file_name
+        )
+    )
+
+
+def flat_max(conn: Connection, default: int) -> int:
+    """Past this many vectors the FAISS index is IVF (``default`` unless set)."""
+    return int(_get(conn, _FLAT_MAX) or default)
+
+
+def set_flat_max(conn: Connection, count: int) -> None:
+    _set(conn, _FLAT_MAX, count)
+
+
+def log_trimmed(conn: Connection) -> int:
+    """The ``index_log`` seq up to which rows were deleted."""
+    return _int(conn, _LOG_TRIMMED)
+
+
+def set_log_trimmed(conn: Connection, seq: int) -> None:
+    _set(conn, _LOG_TRIMMED, seq)
+
+
+# --- clustering -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AutoK:
+    """The last choice of k by silhouette: ``k``, the library size ``at`` which it was made,
+    and the score of every k tried."""
+
+    k: int
+    at: int
+    silhouette: dict[int, float] = field(default_factory=dict)
+
+
+def auto_k(conn: Connection) -> AutoK | None:
+    raw = _get(conn, _CLUSTER_AUTO_K)
+    if raw is None:
+        return None
+    d = json.loads(raw)
+    scores = {int(k): float(v) for k, v in d.get("silhouette", {}).items()}
+    return AutoK(int(d["k"]), int(d.get("at", 0)), scores)
+
+
+def set_auto_k(conn: Connection, choice: AutoK) -> None:
+    value = {"k": choice.k, "at": choice.at, "silhouette": choice.silhouette}
+    _set(conn, _CLUSTER_AUTO_K, json.dumps(value))
+
+
+def cluster_steps(conn: Connection) -> tuple[int, int]:
+    """MiniBatchKMeans' ``(n_steps, steps since its last reassignment)``."""
+    return _int(conn, _CLUSTER_N_STEPS), _int(conn, _CLUSTER_SINCE_REASSIGN)
+
+
+def set_cluster_steps(conn: Connection, n_steps: int, since_reassign: int) -> None:
+    _set(conn, _CLUSTER_N_STEPS, n_steps)
+    _set(conn, _CLUSTER_SINCE_REASSIGN, since_reassign)
+
+
+def consolidated_at(conn: Connection) -> int:
+    """The number of indexed images at the last consolidation (0: none yet)."""
+    return _int(conn, _CLUSTER_CONSOLIDATED_AT)
+
+
+def set_consolidated_at(conn: Connection, count: int) -> None:
+    _set(conn, _CLUSTER_CONSOLIDATED_AT, count)
+
+
+def next_cluster_id(conn: Connection) -> int:
+    return _int(conn, _CLUSTER_NEXT_ID, 1)
+
+
+def set_next_cluster_id(conn: Connection, value: int) -> None:
+    _set(conn, _CLUSTER_NEXT_ID, value)
+
+
+def forget_clustering(conn: Connection) -> None:
+    """Drop what the next consolidation must not build on (another model's vectors)."""
+    _delete(conn, (_CLUSTER_CONSOLIDATED_AT, _CLUSTER_AUTO_K, _CLUSTER_N_STEPS))
