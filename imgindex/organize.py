@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import Connection, func, select, update
@@ -122,9 +123,35 @@ def _choose_k(conn: Connection, k_setting: str, dim: int, n: int, rechoose: bool
         return max(1, min(n, round((n / 2) ** 0.5), cluster.AUTO_K_CANDIDATES[-1]))
     sample = _sample(conn, dim, n, SAMPLE_K)
     k, scores = cluster.choose_k(sample, seed=SEED)
-    set_meta_json(conn, "cluster_auto_k", {"k": k, "at": n, "silhouette": scores})
+    choice = {"k": k, "at": n, "sample": len(sample), "silhouette": scores}
+    set_meta_json(conn, "cluster_auto_k", choice)
     log.info("chose k=%d by silhouette on %d vectors", k, len(sample))
     return k
+
+
+@dataclass(frozen=True)
+class KChoice:
+    """The silhouette score of each candidate k, as the clustering chooses k by it."""
+
+    scores: dict[int, float]
+    best: int | None  # the k with the best score (None: too few images to compare)
+    images: int  # indexed images when it was scored
+    sample: int | None  # vectors scored (None: not recorded by earlier versions)
+    stored: bool  # the scores k was chosen by (auto); False: scored now, k is not chosen by them
+
+
+def k_choice(conn: Connection, k_setting: str, dim: int) -> KChoice:
+    """The scores the last automatic choice of k was made with, as stored when it was made;
+    when k is set by the user (or not chosen yet) the same search run now, read-only."""
+    chosen = get_meta_json(conn, "cluster_auto_k", {})
+    if k_setting == "auto" and chosen.get("silhouette"):
+        scores = {int(k): float(v) for k, v in chosen["silhouette"].items()}
+        best = int(chosen["k"]) if "k" in chosen else None
+        return KChoice(scores, best, int(chosen.get("at", 0)), chosen.get("sample"), True)
+    n = _count(conn)
+    sample = _sample(conn, dim, n, SAMPLE_K)
+    best, scores = cluster.choose_k(sample, seed=SEED) if len(sample) >= 3 else (0, {})
+    return KChoice(scores, best if scores else None, n, len(sample), False)
 
 
 def _sample(

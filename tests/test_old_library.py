@@ -7,6 +7,8 @@ The fixture was made by ``tests/data/make_library_fixture.py`` at commit 4d6d9ad
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import sqlite3
 from pathlib import Path
@@ -70,3 +72,17 @@ def test_an_index_pass_keeps_the_rows_of_its_missing_root_and_adds_a_new_one(old
     s = cli_json(data, "status")
     assert (s["indexed"], s["failed"], s["index_size"]) == (24, 2, 24)
     assert cli_json(data, "check")["ok"]
+
+
+def test_its_report_plots_the_scores_k_was_chosen_by(old, tmp_path):
+    _photos, data, _root = old
+    with sqlite3.connect(data / "imgindex.db") as conn:
+        (raw,) = conn.execute("SELECT value FROM meta WHERE key = 'cluster_auto_k'").fetchone()
+    chosen = json.loads(raw)
+    out = tmp_path / "report.html"
+    cli(data, "report", "-o", out)
+    text = out.read_text(encoding="utf-8")
+    plotted = [int(k) for k in re.findall(r'<circle [^>]*data-k="(\d+)"', text)]
+    assert plotted == sorted(int(k) for k in chosen["silhouette"])
+    assert f"k = {chosen['k']} (chosen)" in text
+    assert "scored when k was chosen automatically, at 12 images" in text
