@@ -280,6 +280,20 @@ def test_default_data_dir_follows_systemd_then_xdg(tmp_path, monkeypatch):
     assert resolve_data_dir(tmp_path / "flag") == tmp_path / "flag"
 
 
+def test_a_test_never_sees_the_users_home_or_systemd(isolated_environment, tmp_path):
+    """The autouse fixture in conftest.py: a library made without --data-dir, by a real
+    process, lands in the test's home; no variable of the user's shell or unit leaks in."""
+    from conftest import REMOVED
+
+    assert Path.home() == isolated_environment
+    assert not [name for name in REMOVED if name in os.environ]
+    photos = tmp_path / "photos"
+    make_photos(photos, "red", 1)
+    result = run_process("init", photos, "--model", "thumbnail")
+    assert result.returncode == 0, result.stderr
+    assert (isolated_environment / ".local" / "share" / "imgindex" / "imgindex.db").is_file()
+
+
 def test_swapping_two_names_embeds_nothing_and_keeps_both(library):
     photos, data = library
     a, b = photos / "reds" / "red_000.jpg", photos / "blues" / "blue_000.png"
