@@ -573,14 +573,24 @@ def daemon(
     ] = None,
     workers: WorkersOpt = None,
     weights: WeightsOpt = None,
+    timing: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--timing",
+            hidden=True,
+            metavar="NAME=SECONDS",
+            help="Shorten one of the daemon's own timings (for tests; see daemon.Timings).",
+        ),
+    ] = None,
 ) -> None:
     """Watch the roots and keep the library current (run it under systemd)."""
-    from imgindex.daemon import Daemon
+    from imgindex.daemon import Daemon, Timings
 
     d = Daemon(
         _data_dir(ctx),
         workers=workers,
         weights=weights,
+        timings=Timings.parse(timing or []),
         poll=poll,
         debounce=debounce,
         rescan_interval=rescan_interval,
