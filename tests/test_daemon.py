@@ -81,7 +81,7 @@ def test_200_images_arrive_and_similar_works_meanwhile(lib):
         print(f"200 images: all returned by status/similar {elapsed:.1f} s after the first write")
         assert answered and all(n == 3 for n in answered)
         top = cli_json(data, "similar", photos / "drop" / "blue_050.jpg", "-k", "5")
-        assert all("/drop/blue_" in m["path"] for m in top)
+        assert len(top) == 5 and all("/drop/blue_" in m["path"] for m in top), top
         assert status(data)["embedded_total"] == 204
         assert d.proc.poll() is None
 

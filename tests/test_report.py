@@ -305,7 +305,7 @@ def test_a_library_with_k_chosen_by_silhouette_plots_the_stored_scores(tmp_path)
     data_ = page_data(text)
     assert sum(1 for t in data_["thumbs"] if t) == 4 and len(data_["points"]["x"]) == 30
     # each sheet still lists its members; those past the cap show a placeholder
-    assert all(c["members"] for c in data_["clusters"])
+    assert len(data_["clusters"]) == stored["k"] and all(c["members"] for c in data_["clusters"])
 
 
 def test_the_report_reads_the_scores_stored_by_the_clustering_not_its_own(tmp_path):
