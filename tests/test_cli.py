@@ -281,6 +281,43 @@ def test_default_data_dir_follows_systemd_then_xdg(tmp_path, monkeypatch):
     assert resolve_data_dir(tmp_path / "flag") == tmp_path / "flag"
 
 
+@pytest.mark.slow  # the default model: torch
+def test_index_dir_without_a_library_creates_one_with_k_auto_and_says_so(tmp_path):
+    photos, data = tmp_path / "photos", tmp_path / "data"
+    make_photos(photos / "reds", "red", 3)
+    make_photos(photos / "blues", "blue", 3)
+    refused = run_process("--data-dir", data, "index")  # no DIR: nothing to make one of
+    assert refused.returncode == 1 and refused.stderr.startswith("error: no library in")
+    assert "imgindex index DIR" in refused.stderr and not data.exists()
+    done = run_process("--data-dir", data, "index", photos)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[0] == (
+        f"no library in {data}: created one with model efficientnet_lite0, k auto, "
+        f"roots {photos.resolve()} (`imgindex init` changes these)"
+    )
+    assert lines[-1].startswith("6 files: 6 embedded") and len(lines) == 3, lines
+    status = cli_json(data, "status")
+    assert (status["model"], status["k"], status["indexed"]) == ("efficientnet_lite0", "auto", 6)
+    assert [r["path"] for r in status["roots"]] == [str(photos.resolve())]
+    again = run_process("--data-dir", data, "index", photos)
+    assert again.returncode == 0 and "created" not in again.stderr
+    assert "6 unchanged" in again.stderr
+
+
+def test_index_dir_refuses_a_database_that_is_empty_or_not_a_library(tmp_path):
+    photos = tmp_path / "photos"
+    make_photos(photos, "red", 2)
+    for name, content in (("empty", b""), ("damaged", b"SQLite format 3\x00" + b"\x17" * 200)):
+        data = tmp_path / name
+        data.mkdir()
+        (data / "imgindex.db").write_bytes(content)
+        result = cli(data, "index", photos, code=1)
+        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, name
+        assert "created" not in result.stderr
+        assert (data / "imgindex.db").read_bytes() == content  # left as it was
+
+
 def test_a_test_never_sees_the_users_home_or_systemd(isolated_environment, tmp_path):
     """The autouse fixture in conftest.py: a library made without --data-dir, by a real
     process, lands in the test's home; no variable of the user's shell or unit leaks in."""
