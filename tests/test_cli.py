@@ -164,6 +164,7 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, library):
         assert result.stdout == ""
 
 
+@pytest.mark.slow  # real processes
 def test_similar_refuses_what_is_not_a_regular_file_without_reading_it(tmp_path, library):
     """A folder, a FIFO nobody writes to and /dev/zero: one error line each, at once."""
     photos, data = library
@@ -191,6 +192,7 @@ def test_a_second_writer_is_refused_while_the_lock_is_held(library):
     cli(data, "index")
 
 
+@pytest.mark.slow  # real processes
 def test_subprocess_errors_and_verbose_traceback(tmp_path):
     result = run_process("--data-dir", tmp_path / "none", "status")
     assert result.returncode == 1 and result.stderr.startswith("error: no library in")
@@ -205,6 +207,7 @@ def test_data_dir_comes_from_the_environment(tmp_path, library):
     assert result.returncode == 0 and '"indexed": 24' in result.stdout
 
 
+@pytest.mark.slow  # a real process
 def test_similar_on_an_indexed_photo_does_not_import_torch(library):
     photos, data = library
     code = (
@@ -345,6 +348,7 @@ def test_swapping_two_names_embeds_nothing_and_keeps_both(library):
     assert status["indexed"] == status["index_size"] == 24
 
 
+@pytest.mark.slow  # loads torch
 def test_failed_reindex_leaves_the_library_as_it_was(library, monkeypatch):
     _, data = library
     monkeypatch.setenv("IMGINDEX_WEIGHTS_MIRROR", "http://127.0.0.1:9/")
@@ -367,6 +371,7 @@ def test_a_copy_of_a_file_on_an_unplugged_root_does_not_steal_its_row(tmp_path):
     assert cli_json(data, "status")["indexed"] == 7
 
 
+@pytest.mark.slow  # real processes
 def test_usage_errors_are_one_line(tmp_path):
     from helpers import run_process
 

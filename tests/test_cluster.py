@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from helpers import cli, cli_json, run_process
 from imaging import make_photos
 from sklearn.cluster import MiniBatchKMeans
@@ -59,6 +60,7 @@ def test_choose_k_finds_well_separated_groups():
     assert k == 5 and scores[5] == max(scores.values())
 
 
+@pytest.mark.slow  # many k-means runs
 def test_folder_ordered_arrival_ends_near_batch_kmeans(tmp_path):
     """Families arrive one folder after another; the final clusters are the families."""
     photos, data = tmp_path / "photos", tmp_path / "data"

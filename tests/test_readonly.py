@@ -18,6 +18,8 @@ from imaging import make_photos
 
 from imgindex import migrate, store
 
+pytestmark = pytest.mark.slow  # every test runs commands as another user or on a read-only mount
+
 NOBODY = 65534
 
 

@@ -119,6 +119,7 @@ def test_the_report_is_one_self_contained_file_with_every_indexed_image(made):
     assert "k = 3 (yours" in text and "k is set to 3" in text
 
 
+@pytest.mark.slow  # Chromium
 def test_the_report_renders_in_chromium_without_script_errors(made, tmp_path):
     out = made["out"]
     dom = headless("--dump-dom", out.as_uri())
@@ -136,6 +137,7 @@ def test_the_report_renders_in_chromium_without_script_errors(made, tmp_path):
     keep(shot)
 
 
+@pytest.mark.slow  # Chromium
 def test_script_errors_would_be_caught(made, tmp_path, monkeypatch):
     """The check above is not vacuous: a page whose script throws is reported as such."""
     shipped = report.asset
@@ -247,6 +249,7 @@ TOOLTIP = """(async () => {
 })()"""
 
 
+@pytest.mark.slow  # Chromium
 def test_hovering_a_point_shows_its_thumbnail_and_file_name(made, tmp_path):
     browser = DevTools(tmp_path / "profile")
     try:

@@ -67,6 +67,7 @@ def test_settings_out_of_type_or_range_are_refused_in_one_line(lib, tmp_path):
     assert after["ignore"] == ["*.[xX][mM][pP]", "[[]draft]*"]
 
 
+@pytest.mark.slow  # a real process per argument
 def test_numeric_arguments_out_of_range_are_one_error_line(lib, tmp_path):
     photos, data = lib
     photo = photos / "reds" / "red_000.jpg"
