@@ -269,11 +269,33 @@ def index(
     weights: WeightsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """One pass over the roots: embed new and changed files, drop deleted ones."""
+    """One pass over the roots: embed new and changed files, drop deleted ones. With DIRS and
+    no library in the data dir yet, first create one with DIRS as its roots (k auto)."""
     folders = [_existing_dir(d) for d in dirs] if dirs else None
+    if folders:
+        _create_if_missing(ctx, folders)
     with _open(ctx, write=True, purpose="imgindex index") as lib:
         report = _run_pass(lib, folders, batch_size, workers, max_pixels, weights)
     _summary(report, as_json)
+
+
+def _create_if_missing(ctx: typer.Context, roots: list[Path]) -> None:
+    """A library with these roots, k auto and the default model, when the data dir has no
+    database at all (one that exists but is empty or damaged is refused by ``_open``, as
+    always); one line on stderr says so."""
+    from imgindex.library import Library
+    from imgindex.paths import LibraryPaths
+
+    data = _data_dir(ctx)
+    if LibraryPaths(data).db.exists():
+        return
+    with Library.create(data, roots, k="auto") as lib:
+        typer.echo(
+            f"no library in {names.shown(str(lib.paths.root))}: created one with model "
+            f"{lib.model}, k auto, roots {', '.join(names.shown(str(r)) for r in lib.roots())} "
+            "(`imgindex init` changes these)",
+            err=True,
+        )
 
 
 @app.command()
@@ -572,14 +594,24 @@ def daemon(
     ] = None,
     workers: WorkersOpt = None,
     weights: WeightsOpt = None,
+    timing: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--timing",
+            hidden=True,
+            metavar="NAME=SECONDS",
+            help="Shorten one of the daemon's own timings (for tests; see daemon.Timings).",
+        ),
+    ] = None,
 ) -> None:
     """Watch the roots and keep the library current (run it under systemd)."""
-    from imgindex.daemon import Daemon
+    from imgindex.daemon import Daemon, Timings
 
     d = Daemon(
         _data_dir(ctx),
         workers=workers,
         weights=weights,
+        timings=Timings.parse(timing or []),
         poll=poll,
         debounce=debounce,
         rescan_interval=rescan_interval,

@@ -11,12 +11,15 @@ stays in memory, ``status`` says why it is not saved, and saving resumes when th
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import signal
 import threading
 import time
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,7 @@ from imgindex.db import images, meta, queue
 from imgindex.db.roots import root_paths
 from imgindex.errors import ImgIndexError
 from imgindex.fsafe import root_available, root_of
-from imgindex.ingest import Ingestor
+from imgindex.ingest import CHECKPOINT_S, Ingestor
 from imgindex.library import Library
 from imgindex.names import shown
 from imgindex.notify import Notifier
@@ -36,11 +39,46 @@ from imgindex.watch import EventSink, RawEvent, Watcher
 
 log = logging.getLogger(__name__)
 
-TICK_S = 0.5  # longest sleep: how fast flags (SIGTERM) are noticed
-HOUSEKEEPING_S = 5.0  # roots re-checked, heartbeat and STATUS= written this often
-DRAIN_EVERY_S = 2.0  # clusters refreshed and index saved at most this often
-MOVE_GRACE_S = 1.0  # deletions wait this much longer than creations (moves come in halves)
-SETTLED_AGE_S = 2.0  # a modified file with an older mtime is not being written (metadata only)
+
+@dataclass(frozen=True)
+class Timings:
+    """How often the daemon does its own work, in seconds. These are not settings (those are
+    in :mod:`imgindex.settings`): the defaults suit every library. Tests shorten them with the
+    hidden option ``imgindex daemon --timing NAME=SECONDS`` (repeatable) so that they wait for
+    a condition, not for a fixed time."""
+
+    tick: float = 0.5  # longest sleep: how fast flags (SIGTERM) are noticed
+    housekeeping: float = 5.0  # roots re-checked, heartbeat and STATUS= written this often
+    drain: float = 2.0  # clusters refreshed and index saved at most this often
+    move_grace: float = 1.0  # deletions wait this much longer than creations (moves come in halves)
+    settled_age: float = 2.0  # a modified file with an older mtime is not being written
+    checkpoint: float = CHECKPOINT_S  # the FAISS file is saved at least this often while busy
+    rescan_jitter: float = 0.1  # rescans come every rescan_interval, +- this fraction
+
+    @classmethod
+    def parse(cls, pairs: Sequence[str]) -> Timings:
+        """Timings from ``NAME=SECONDS`` strings, the rest default; ImgIndexError says which
+        one is wrong."""
+        names = [f.name for f in fields(cls)]
+        values: dict[str, float] = {}
+        for pair in pairs:
+            name, _, raw = pair.partition("=")
+            if name not in names:
+                raise ImgIndexError(
+                    f"--timing {pair!r}: expected NAME=SECONDS, NAME one of {', '.join(names)}"
+                )
+            try:
+                value = float(raw)
+            except ValueError:
+                value = math.nan
+            low_ok = value >= 0 if name == "rescan_jitter" else value > 0
+            if not (math.isfinite(value) and low_ok and (name != "rescan_jitter" or value < 1)):
+                raise ImgIndexError(
+                    f"--timing {pair!r}: expected a positive number of seconds "
+                    "(rescan_jitter: a fraction from 0 to 1)"
+                )
+            values[name] = value
+        return cls(**values)
 
 
 class Daemon:
@@ -53,9 +91,11 @@ class Daemon:
         workers: int | None = None,
         weights: Path | None = None,
         notifier: Notifier | None = None,
+        timings: Timings | None = None,
         **overrides: Any,
     ) -> None:
         self.data_dir = data_dir
+        self.timings = timings or Timings()
         self.workers = workers
         self.weights = weights
         self.overrides = overrides
@@ -143,9 +183,9 @@ class Daemon:
             progress=lambda _n: self._heartbeat(),
             should_stop=self._stopping,
             deferred=self._deferred,
+            checkpoint_s=self.timings.checkpoint,
         )
-        jitter = random.uniform(0.9, 1.1)
-        self._next_rescan = time.monotonic() + self.settings.rescan_interval * jitter
+        self._schedule_rescan()
         self.view.verify = True  # view_dir may be new: check it entry by entry
 
     # --- the loop -------------------------------------------------------------------------
@@ -172,11 +212,11 @@ class Daemon:
             return  # more may be due right away
         if (
             self._dirty
-            and time.monotonic() - self._last_drain >= DRAIN_EVERY_S
+            and time.monotonic() - self._last_drain >= self.timings.drain
             and self._queued() == 0
         ):
             self._drain()
-        if time.monotonic() - self._last_house >= HOUSEKEEPING_S:
+        if time.monotonic() - self._last_house >= self.timings.housekeeping:
             self._housekeeping()
         self.sink.wake.wait(self._sleep_for())
         self.sink.wake.clear()
@@ -188,9 +228,7 @@ class Daemon:
         report = self.ingestor.run()
         self._dirty = False
         self._last_drain = time.monotonic()
-        self._next_rescan = time.monotonic() + self.settings.rescan_interval * random.uniform(
-            0.9, 1.1
-        )
+        self._schedule_rescan()
         self._update_view()
         log.info(
             "scan %s: %d embedded, %d moved, %d removed, %d failed, %d unchanged",
@@ -202,6 +240,10 @@ class Daemon:
             report.unchanged,
         )
         self._set_state("watching")
+
+    def _schedule_rescan(self) -> None:
+        jitter = random.uniform(-1, 1) * self.timings.rescan_jitter
+        self._next_rescan = time.monotonic() + self.settings.rescan_interval * (1 + jitter)
 
     def _stopping(self) -> bool:
         """The ingestor's question: stop now? A yes means the pass ends early (remembered)."""
@@ -230,7 +272,7 @@ class Daemon:
             elif ev.kind in ("created", "modified") and not ev.is_dir:
                 due[ev.path] = now + self._quiet_for(ev.kind, ev.path, now)
             elif ev.kind == "deleted":  # a little later, so a move's other half arrives first
-                due[ev.path] = now + self.settings.debounce + MOVE_GRACE_S
+                due[ev.path] = now + self.settings.debounce + self.timings.move_grace
             else:  # closed after writing, a chmod, a folder created: after a short quiet
                 due[ev.path] = now + self.settings.debounce
         with self.lib.engine.begin() as conn:
@@ -250,7 +292,7 @@ class Daemon:
             age = now - os.stat(path).st_mtime
         except OSError:
             return self.settings.debounce  # gone already
-        if age > SETTLED_AGE_S:  # an old mtime: metadata changed, not being written
+        if age > self.timings.settled_age:  # an old mtime: metadata changed, not being written
             return self.settings.debounce
         return self.settings.write_timeout  # being written: wait for the close
 
@@ -393,9 +435,10 @@ class Daemon:
     def _sleep_for(self) -> float:
         with self.lib.engine.connect() as conn:
             nxt = queue.next_due(conn)
-        wait = TICK_S if nxt is None else max(0.01, min(TICK_S, nxt - time.time()))
+        tick = self.timings.tick
+        wait = tick if nxt is None else max(0.01, min(tick, nxt - time.time()))
         if self._dirty:
-            wait = min(wait, max(0.01, DRAIN_EVERY_S - (time.monotonic() - self._last_drain)))
+            wait = min(wait, max(0.01, self.timings.drain - (time.monotonic() - self._last_drain)))
         return wait
 
     def _heartbeat(self) -> None:

@@ -95,6 +95,7 @@ class Ingestor:
         progress: Callable[[int], None] | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         deferred: Callable[[], Collection[str]] | None = None,
+        checkpoint_s: float = CHECKPOINT_S,
     ) -> None:
         if not lib.writable:
             raise ValueError("the library must be opened for writing")
@@ -109,6 +110,7 @@ class Ingestor:
         self.deferred = deferred
         self.input_size = get_spec(lib.model).input_size
         self._embedder = embedder
+        self.checkpoint_s = checkpoint_s
         self._saved_at = time.monotonic()
         self.report = Report()
         self._dropped: dict[str, Any] = {}  # content hash -> row dropped in this batch
@@ -607,7 +609,7 @@ class Ingestor:
     def checkpoint(self, force: bool = False) -> None:
         """Save the FAISS file if it is behind and the last save is older than a checkpoint:
         readers overlay the changes since, so saving a large index at every batch is waste."""
-        if force or time.monotonic() - self._saved_at > CHECKPOINT_S:
+        if force or time.monotonic() - self._saved_at > self.checkpoint_s:
             self.lib.save_index()
             self._saved_at = time.monotonic()
 

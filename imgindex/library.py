@@ -105,8 +105,9 @@ class Library:
         paths = LibraryPaths(data_dir)
         if not paths.db.exists():
             raise LibraryNotFound(
-                f"no library in {paths.root}; create one with `imgindex init DIR...` "
-                "(or point --data-dir / IMGINDEX_DATA_DIR at an existing one)"
+                f"no library in {paths.root}; create one with `imgindex index DIR...` "
+                "or `imgindex init DIR...` (or point --data-dir / IMGINDEX_DATA_DIR at an "
+                "existing one)"
             )
         return cls._open(paths, write=write, purpose=purpose)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -112,9 +112,32 @@ def _choose_k(conn: Connection, k_setting: str, dim: int, n: int, rechoose: bool
         return max(1, min(n, round((n / 2) ** 0.5), cluster.AUTO_K_CANDIDATES[-1]))
     sample = _sample(conn, dim, n, SAMPLE_K)
     k, scores = cluster.choose_k(sample, seed=SEED)
-    meta.set_auto_k(conn, meta.AutoK(k, n, scores))
+    meta.set_auto_k(conn, meta.AutoK(k, n, scores, len(sample)))
     log.info("chose k=%d by silhouette on %d vectors", k, len(sample))
     return k
+
+
+@dataclass(frozen=True)
+class KChoice:
+    """The silhouette score of each candidate k, as the clustering chooses k by it."""
+
+    scores: dict[int, float]
+    best: int | None  # the k with the best score (None: too few images to compare)
+    images: int  # indexed images when it was scored
+    sample: int | None  # vectors scored (None: not recorded by earlier versions)
+    stored: bool  # the scores k was chosen by (auto); False: scored now, k is not chosen by them
+
+
+def k_choice(conn: Connection, k_setting: str, dim: int) -> KChoice:
+    """The scores the last automatic choice of k was made with, as stored when it was made;
+    when k is set by the user (or not chosen yet) the same search run now, read-only."""
+    chosen = meta.auto_k(conn)
+    if k_setting == "auto" and chosen is not None and chosen.silhouette:
+        return KChoice(chosen.silhouette, chosen.k, chosen.at, chosen.sample, True)
+    n = images.count_indexed(conn)
+    sample = _sample(conn, dim, n, SAMPLE_K)
+    best, scores = cluster.choose_k(sample, seed=SEED) if len(sample) >= 3 else (0, {})
+    return KChoice(scores, best if scores else None, n, len(sample), False)
 
 
 def _sample(

@@ -1,13 +1,65 @@
-"""Shared fixtures: the real corpora in ../shared (skipped when absent)."""
+"""Shared fixtures: every test isolated from the user's home and environment; the real
+corpora in ../shared (skipped when absent)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CORPUS = REPO.parent / "shared" / "corpus"
+
+#: Read by imgindex (or by what it starts) from the environment; none of them leaks into a test.
+REMOVED = (
+    "IMGINDEX_DATA_DIR",
+    "STATE_DIRECTORY",
+    "IMGINDEX_WEIGHTS_MIRROR",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "JOURNAL_STREAM",
+    "INVOCATION_ID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "TORCH_HOME",
+)
+
+
+def _isolate(mp: pytest.MonkeyPatch, home: Path) -> Path:
+    """Point HOME and the XDG folders at ``home``; remove the variables in ``REMOVED``."""
+    mp.setenv("HOME", str(home))
+    for name, sub in (
+        ("XDG_DATA_HOME", ".local/share"),
+        ("XDG_CACHE_HOME", ".cache"),
+        ("XDG_CONFIG_HOME", ".config"),
+        ("XDG_STATE_HOME", ".local/state"),
+    ):
+        mp.setenv(name, str(home / sub))
+    for name in REMOVED:
+        mp.delenv(name, raising=False)
+    return home
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The isolation below for the whole session, so module-scoped fixtures have it too."""
+    with pytest.MonkeyPatch.context() as mp:
+        yield _isolate(mp, tmp_path_factory.mktemp("session-home"))
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(
+    isolated_session: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Path:
+    """Every test (and every process it starts) runs with a fresh, empty home of its own and
+    XDG folders in it, and without the variables in ``REMOVED``: nothing a test does reads or
+    writes the user's ``~/.local/share/imgindex``, a data dir named by their shell, or a
+    systemd socket. Tests still change variables with ``monkeypatch`` (undone after each)."""
+    return _isolate(monkeypatch, tmp_path_factory.mktemp("home"))
 
 
 def corpus(name: str) -> Path:

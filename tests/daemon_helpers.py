@@ -14,6 +14,10 @@ from typing import Any
 
 from helpers import cli_json
 
+#: ``imgindex daemon --timing`` values of a quick daemon: a housekeeping round (roots
+#: re-checked, settings re-read, STATUS= sent) every 0.3 s instead of 5 s.
+QUICK_TIMINGS = ("housekeeping=0.3", "drain=0.5")
+
 
 class DaemonProcess:
     """Starts ``python -m imgindex daemon`` on a library and reads its sd_notify messages."""
@@ -26,7 +30,8 @@ class DaemonProcess:
         quick: bool = True,
         preexec_fn: Callable[[], None] | None = None,
     ) -> None:
-        """``quick``: short ``--debounce`` and ``--batch-seconds`` (else the settings')."""
+        """``quick``: short ``--debounce`` and ``--batch-seconds`` (else the settings'), and
+        short housekeeping rounds and drains (``QUICK_TIMINGS``, else the daemon's own)."""
         self.data = data
         self.sock_path = data.parent / f"notify-{time.monotonic_ns()}.sock"
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -46,6 +51,7 @@ class DaemonProcess:
                 str(data),
                 "daemon",
                 *(("--debounce", "0.3", "--batch-seconds", "0.2") if quick else ()),
+                *(arg for t in QUICK_TIMINGS for arg in ("--timing", t) if quick),
                 *args,
             ],
             stdout=subprocess.PIPE,
@@ -67,6 +73,21 @@ class DaemonProcess:
             timeout,
             lambda: f"daemon not ready; log: {self.log_text()}",
         )
+
+    def rounds(self) -> int:
+        """Housekeeping rounds so far: each one sends a bare ``STATUS=`` message."""
+        return sum(m.startswith("STATUS=") for m in self.read_messages())
+
+    def wait_rounds(self, n: int, timeout: float = 30) -> None:
+        """Return once ``n`` more housekeeping rounds have ended: whatever they re-check
+        (roots, settings, pending retries) has been seen by then."""
+        target = self.rounds() + n
+        wait_for(lambda: self.rounds() >= target, timeout, self.log_text)
+
+    def reloads(self) -> int:
+        """Configuration reloads done so far (on SIGHUP or a changed setting): each ends with
+        a new ``READY=1``, the first one aside."""
+        return max(0, sum("READY=1" in m for m in self.read_messages()) - 1)
 
     def log_text(self) -> str:
         return (self.data.parent / "daemon.log").read_text(errors="replace")[-3000:]

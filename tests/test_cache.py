@@ -79,6 +79,7 @@ def scribble(path: Path) -> None:
 # --- defect 2: a damaged or foreign file is never served ----------------------------------------
 
 
+@pytest.mark.slow  # real processes
 def test_a_scribbled_index_file_is_not_served_and_index_rebuilds_it(tmp_path):
     photos, data = library(tmp_path, "a", {"red": 0, "blue": 0, "green": 0})
     queries = sorted(photos.glob("*.jpg"))[::4]
@@ -98,6 +99,7 @@ def test_a_scribbled_index_file_is_not_served_and_index_rebuilds_it(tmp_path):
     assert cli_json(data, "check")["ok"]
 
 
+@pytest.mark.slow  # real processes
 def test_another_librarys_file_with_the_same_number_is_not_served(tmp_path):
     photos, data = library(tmp_path, "a", {"red": 0, "blue": 0, "green": 0})
     _, other = library(tmp_path, "b", {"red": 40, "blue": 40, "green": 40})  # same ids, count

@@ -50,7 +50,7 @@ def test_similar_embeds_a_photo_outside_the_library(library, tmp_path):
     _, data = library
     outside = make_photos(tmp_path / "elsewhere", "blue", 1, start=100)[0]
     matches = cli_json(data, "similar", outside, "-k", "3")
-    assert all("/blues/" in m["path"] for m in matches)
+    assert len(matches) == 3 and all("/blues/" in m["path"] for m in matches), matches
 
 
 def test_clusters_split_the_families_and_show_lists_members(library):
@@ -128,7 +128,6 @@ def test_bad_files_are_recorded_with_a_reason_and_retried_when_they_change(libra
 
 def test_a_recently_written_truncated_file_is_retried_not_condemned(library):
     photos, data = library
-    whole = (photos / "reds" / "red_000.jpg").read_bytes()
     growing = photos / "growing.png"
     make_photos(photos / "src", "green", 1, fmt="PNG")[0].replace(growing)
     complete = growing.read_bytes()
@@ -139,8 +138,10 @@ def test_a_recently_written_truncated_file_is_retried_not_condemned(library):
     assert status["pending"] == 1
     growing.write_bytes(complete)
     report = cli_json(data, "index")
-    assert report["embedded"] == 1 and cli_json(data, "status")["pending"] == 0
-    assert whole  # the JPEG family is untouched
+    assert report["embedded"] == 1 and report["unchanged"] == 24
+    status = cli_json(data, "status")
+    assert (status["pending"], status["failed"], status["indexed"]) == (0, 0, 25)
+    assert status["index_size"] == 25 and status["embedded_total"] == 25  # the rest untouched
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path, library):
@@ -163,6 +164,7 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, library):
         assert result.stdout == ""
 
 
+@pytest.mark.slow  # real processes
 def test_similar_refuses_what_is_not_a_regular_file_without_reading_it(tmp_path, library):
     """A folder, a FIFO nobody writes to and /dev/zero: one error line each, at once."""
     photos, data = library
@@ -190,6 +192,7 @@ def test_a_second_writer_is_refused_while_the_lock_is_held(library):
     cli(data, "index")
 
 
+@pytest.mark.slow  # real processes
 def test_subprocess_errors_and_verbose_traceback(tmp_path):
     result = run_process("--data-dir", tmp_path / "none", "status")
     assert result.returncode == 1 and result.stderr.startswith("error: no library in")
@@ -204,6 +207,7 @@ def test_data_dir_comes_from_the_environment(tmp_path, library):
     assert result.returncode == 0 and '"indexed": 24' in result.stdout
 
 
+@pytest.mark.slow  # a real process
 def test_similar_on_an_indexed_photo_does_not_import_torch(library):
     photos, data = library
     code = (
@@ -280,6 +284,57 @@ def test_default_data_dir_follows_systemd_then_xdg(tmp_path, monkeypatch):
     assert resolve_data_dir(tmp_path / "flag") == tmp_path / "flag"
 
 
+@pytest.mark.slow  # the default model: torch
+def test_index_dir_without_a_library_creates_one_with_k_auto_and_says_so(tmp_path):
+    photos, data = tmp_path / "photos", tmp_path / "data"
+    make_photos(photos / "reds", "red", 3)
+    make_photos(photos / "blues", "blue", 3)
+    refused = run_process("--data-dir", data, "index")  # no DIR: nothing to make one of
+    assert refused.returncode == 1 and refused.stderr.startswith("error: no library in")
+    assert "imgindex index DIR" in refused.stderr and not data.exists()
+    done = run_process("--data-dir", data, "index", photos)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[0] == (
+        f"no library in {data}: created one with model efficientnet_lite0, k auto, "
+        f"roots {photos.resolve()} (`imgindex init` changes these)"
+    )
+    assert lines[-1].startswith("6 files: 6 embedded") and len(lines) == 3, lines
+    status = cli_json(data, "status")
+    assert (status["model"], status["k"], status["indexed"]) == ("efficientnet_lite0", "auto", 6)
+    assert [r["path"] for r in status["roots"]] == [str(photos.resolve())]
+    again = run_process("--data-dir", data, "index", photos)
+    assert again.returncode == 0 and "created" not in again.stderr
+    assert "6 unchanged" in again.stderr
+
+
+def test_index_dir_refuses_a_database_that_is_empty_or_not_a_library(tmp_path):
+    photos = tmp_path / "photos"
+    make_photos(photos, "red", 2)
+    for name, content in (("empty", b""), ("damaged", b"SQLite format 3\x00" + b"\x17" * 200)):
+        data = tmp_path / name
+        data.mkdir()
+        (data / "imgindex.db").write_bytes(content)
+        result = cli(data, "index", photos, code=1)
+        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, name
+        assert "created" not in result.stderr
+        assert (data / "imgindex.db").read_bytes() == content  # left as it was
+
+
+def test_a_test_never_sees_the_users_home_or_systemd(isolated_environment, tmp_path):
+    """The autouse fixture in conftest.py: a library made without --data-dir, by a real
+    process, lands in the test's home; no variable of the user's shell or unit leaks in."""
+    from conftest import REMOVED
+
+    assert Path.home() == isolated_environment
+    assert not [name for name in REMOVED if name in os.environ]
+    photos = tmp_path / "photos"
+    make_photos(photos, "red", 1)
+    result = run_process("init", photos, "--model", "thumbnail")
+    assert result.returncode == 0, result.stderr
+    assert (isolated_environment / ".local" / "share" / "imgindex" / "imgindex.db").is_file()
+
+
 def test_swapping_two_names_embeds_nothing_and_keeps_both(library):
     photos, data = library
     a, b = photos / "reds" / "red_000.jpg", photos / "blues" / "blue_000.png"
@@ -293,6 +348,7 @@ def test_swapping_two_names_embeds_nothing_and_keeps_both(library):
     assert status["indexed"] == status["index_size"] == 24
 
 
+@pytest.mark.slow  # loads torch
 def test_failed_reindex_leaves_the_library_as_it_was(library, monkeypatch):
     _, data = library
     monkeypatch.setenv("IMGINDEX_WEIGHTS_MIRROR", "http://127.0.0.1:9/")
@@ -315,6 +371,7 @@ def test_a_copy_of_a_file_on_an_unplugged_root_does_not_steal_its_row(tmp_path):
     assert cli_json(data, "status")["indexed"] == 7
 
 
+@pytest.mark.slow  # real processes
 def test_usage_errors_are_one_line(tmp_path):
     from helpers import run_process
 

@@ -73,6 +73,7 @@ def assert_consistent(data: Path, photos: Path, decodable: int) -> None:
     assert not list(data.glob(".vectors.*.tmp"))
 
 
+@pytest.mark.slow  # kills real processes
 @pytest.mark.parametrize(
     ("point", "after"), [("after_commit", 1), ("after_commit", 7), ("during_save", 0)]
 )
@@ -89,6 +90,7 @@ def test_kill_at_a_chosen_point_then_rerun(tree, point, after):
     assert_consistent(data, photos, decodable)
 
 
+@pytest.mark.slow  # kills real processes, many runs
 def test_kill_at_random_moments_of_ingestion_then_rerun(tree):
     """Each kill lands once a random number of files are in SQLite, mid-run."""
     photos, data, decodable = tree

@@ -535,6 +535,7 @@ def big_jpeg() -> bytes:
     return encode(img, "JPEG", quality=90)
 
 
+@pytest.mark.slow  # decodes 16-megapixel JPEGs
 def test_draft_decodes_big_jpegs_small_but_never_below_min_size(big_jpeg: bytes) -> None:
     assert open_upright(big_jpeg, min_size=224).size == (500, 375)  # 1/8 scale
     for min_size in (224, 375, 376, 600, 1500, 2999, 3000):

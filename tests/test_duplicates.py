@@ -171,6 +171,7 @@ def flip_bits(h: int, bits: np.ndarray) -> int:
     return int(u.view(np.int64)[0])
 
 
+@pytest.mark.slow  # brute force over all pairs
 @pytest.mark.parametrize("max_distance", [0, 1, 4, 6, 10])
 def test_phash_pairs_match_brute_force(max_distance):
     rng = np.random.default_rng(max_distance)

@@ -30,6 +30,7 @@ def album_lib(tmp_path: Path) -> tuple[Path, Path, Path]:
     return photos.resolve(), photos.resolve() / "album", data
 
 
+@pytest.mark.slow  # processes without CAP_DAC_OVERRIDE
 def test_a_folder_that_cannot_be_read_keeps_its_rows(album_lib):
     _photos, album, data = album_lib
     assert json_unprivileged(data, "index")["embedded"] == 6
@@ -49,6 +50,7 @@ def test_a_folder_that_cannot_be_read_keeps_its_rows(album_lib):
     assert cli_json(data, "status")["embedded_total"] == 6
 
 
+@pytest.mark.slow  # processes without CAP_DAC_OVERRIDE
 def test_a_file_that_could_not_be_read_is_retried_after_a_chmod(album_lib):
     photos, _album, data = album_lib
     locked = photos / "locked.jpg"
@@ -153,6 +155,7 @@ def card(tmp_path: Path) -> Iterator[tuple[Path, Path, Path, Mounts]]:
         mounts.cleanup()
 
 
+@pytest.mark.slow  # mounts a tmpfs
 def test_an_unmounted_disk_under_a_root_keeps_its_rows(card):
     disk, point, data, mounts = card
     assert cli_json(data, "index")["embedded"] == 8

@@ -108,6 +108,7 @@ def test_imagenet_labels() -> None:
 # --- the default model on real photos -----------------------------------------------------
 
 
+@pytest.mark.slow  # the real default model on the real corpus
 def test_default_model_labels_every_pet(lite0, pets) -> None:
     names, pixels, is_dog = pets
     labels = lite0.classify(pixels).argmax(axis=1)
@@ -119,6 +120,7 @@ def test_default_model_labels_every_pet(lite0, pets) -> None:
     assert not wrong, wrong
 
 
+@pytest.mark.slow  # the real default model on the real corpus
 def test_default_embeddings_unit_norm_and_cats_near_cats(lite0, pets) -> None:
     _, pixels, is_dog = pets
     emb = lite0.embed(pixels)
@@ -132,12 +134,14 @@ def test_default_embeddings_unit_norm_and_cats_near_cats(lite0, pets) -> None:
     assert cat_cat > cat_dog + 0.05, (cat_cat, cat_dog)
 
 
+@pytest.mark.slow  # the real default model
 def test_default_model_prints_nothing_to_stdout(capfd) -> None:
     emb = load_embedder(device="cpu", progress=True)
     emb.classify(np.zeros((1, 224, 224, 3), np.uint8))
     assert capfd.readouterr().out == ""
 
 
+@pytest.mark.slow  # the real default model
 def test_bad_pixels_and_empty_batch(lite0) -> None:
     assert lite0.embed(np.zeros((0, 224, 224, 3), np.uint8)).shape == (0, 1280)
     with pytest.raises(ValueError, match="uint8"):
@@ -205,6 +209,7 @@ def no_network(monkeypatch) -> None:
     monkeypatch.setenv("IMGINDEX_WEIGHTS_MIRROR", "http://127.0.0.1:9/")
 
 
+@pytest.mark.slow  # real torchvision models
 @pytest.mark.parametrize("name", ["mobilenet_v2", "resnet50"])
 def test_zoo_model_from_local_weights(name, tmp_path, no_network) -> None:
     import torch
@@ -249,6 +254,7 @@ def test_zoo_split_gives_spec_dim(name) -> None:
     assert tuple(head(feats).shape) == (2, 1000)
 
 
+@pytest.mark.slow  # the real default model on the real corpus
 def test_cuda_matches_cpu(lite0, pets) -> None:
     """Half precision on the GPU agrees with float32 on the CPU (runs only where CUDA is)."""
     import torch
@@ -265,6 +271,7 @@ def test_cuda_matches_cpu(lite0, pets) -> None:
     assert (gpu.classify(pixels).argmax(1) == lite0.classify(pixels).argmax(1)).mean() > 0.9
 
 
+@pytest.mark.slow  # the real default model
 def test_folding_batch_norm_and_padding_keeps_lite0_features() -> None:
     """The default model runs with batch norms folded into its convolutions and symmetric
     "same" padding done by the convolutions: all are folded, the features are unchanged."""

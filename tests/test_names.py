@@ -97,6 +97,7 @@ def test_a_root_whose_own_name_is_not_utf8(tmp_path):
     assert "$'" in cli(data, "status").stdout  # the root, quoted
 
 
+@pytest.mark.slow  # real processes
 def test_a_real_process_prints_such_names_under_a_strict_utf8_terminal(tmp_path):
     """A terminal whose encoding refuses undecodable bytes (the CliRunner is lenient)."""
     base = os.fsencode(tmp_path / "photos")
@@ -122,6 +123,7 @@ NAME = st.binary(min_size=1, max_size=40).filter(
 )
 
 
+@pytest.mark.slow  # 25 generated trees, each indexed
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(NAME, st.booleans()), min_size=1, max_size=6, unique_by=lambda t: t[0]))
 def test_every_byte_name_is_indexed_or_failed_and_round_trips(entries):

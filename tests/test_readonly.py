@@ -20,6 +20,8 @@ from unprivileged import obey_file_modes
 from imgindex.db import migrate
 from imgindex.db.engine import make_engine
 
+pytestmark = pytest.mark.slow  # commands run without root's powers, or on a read-only mount
+
 
 @pytest.fixture()
 def shared() -> Iterator[Path]:

@@ -119,6 +119,7 @@ def test_the_report_is_one_self_contained_file_with_every_indexed_image(made):
     assert "k = 3 (yours" in text and "k is set to 3" in text
 
 
+@pytest.mark.slow  # Chromium
 def test_the_report_renders_in_chromium_without_script_errors(made, tmp_path):
     out = made["out"]
     dom = headless("--dump-dom", out.as_uri())
@@ -136,9 +137,15 @@ def test_the_report_renders_in_chromium_without_script_errors(made, tmp_path):
     keep(shot)
 
 
+@pytest.mark.slow  # Chromium
 def test_script_errors_would_be_caught(made, tmp_path, monkeypatch):
     """The check above is not vacuous: a page whose script throws is reported as such."""
-    monkeypatch.setattr(report, "_SCRIPT", 'throw new Error("boom");' + report._SCRIPT)
+    shipped = report.asset
+    monkeypatch.setattr(
+        report,
+        "asset",
+        lambda name: ('throw new Error("boom");' if name == "report.js" else "") + shipped(name),
+    )
     broken = tmp_path / "broken.html"
     broken.write_text(report.render(page_data_for(made)), encoding="utf-8")
     dom = headless("--dump-dom", broken.as_uri())
@@ -242,6 +249,7 @@ TOOLTIP = """(async () => {
 })()"""
 
 
+@pytest.mark.slow  # Chromium
 def test_hovering_a_point_shows_its_thumbnail_and_file_name(made, tmp_path):
     browser = DevTools(tmp_path / "profile")
     try:
@@ -296,10 +304,28 @@ def test_a_library_with_k_chosen_by_silhouette_plots_the_stored_scores(tmp_path)
     plotted = [int(k) for k in re.findall(r'<circle [^>]*data-k="(\d+)"', text)]
     assert plotted == sorted(int(k) for k in stored["silhouette"]) and len(plotted) >= 3
     assert f"k = {stored['k']} (chosen)" in text
+    assert stored["sample"] == 30 and "at 30 images, 30 of them scored" in text
     data_ = page_data(text)
     assert sum(1 for t in data_["thumbs"] if t) == 4 and len(data_["points"]["x"]) == 30
     # each sheet still lists its members; those past the cap show a placeholder
-    assert all(c["members"] for c in data_["clusters"])
+    assert len(data_["clusters"]) == stored["k"] and all(c["members"] for c in data_["clusters"])
+
+
+def test_the_report_reads_the_scores_stored_by_the_clustering_not_its_own(tmp_path):
+    photos, data = tmp_path / "photos", tmp_path / "data"
+    for fam in FAMILIES:
+        make_photos(photos / fam, fam, 4)
+    cli(data, "init", photos, "--model", "thumbnail", "--k", "auto")
+    cli(data, "index")
+    stored = {"k": 3, "at": 12, "sample": 12, "silhouette": {"2": 0.123456, "3": 0.654321}}
+    with closing(sqlite3.connect(data / "imgindex.db")) as db, db:
+        query = "UPDATE meta SET value = ? WHERE key = 'cluster_auto_k'"
+        assert db.execute(query, (json.dumps(stored),)).rowcount == 1
+    out = tmp_path / "r.html"
+    cli(data, "report", "-o", out)
+    text = out.read_text(encoding="utf-8")
+    assert re.findall(r'<circle [^>]*data-k="(\d+)"', text) == ["2", "3"]
+    assert "k = 2: silhouette 0.123" in text and "k = 3 (chosen): 0.654" in text
 
 
 def test_failing_to_write_the_report_is_one_error_line_naming_the_file(made, tmp_path):

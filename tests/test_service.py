@@ -80,6 +80,7 @@ def test_the_daemon_answers_for_a_photo_outside_the_library(lib, tmp_path):
     assert not (data / "daemon.sock").exists()  # removed on shutdown
 
 
+@pytest.mark.slow  # a real process
 def test_a_stale_socket_is_ignored_and_similar_works_locally(lib, tmp_path):
     _photos, data = lib
     cli(data, "index")

@@ -67,6 +67,7 @@ def test_settings_out_of_type_or_range_are_refused_in_one_line(lib, tmp_path):
     assert after["ignore"] == ["*.[xX][mM][pP]", "[[]draft]*"]
 
 
+@pytest.mark.slow  # a real process per argument
 def test_numeric_arguments_out_of_range_are_one_error_line(lib, tmp_path):
     photos, data = lib
     photo = photos / "reds" / "red_000.jpg"
@@ -139,3 +140,20 @@ def test_invalid_stored_settings_fall_back_to_defaults_with_a_warning(tmp_path):
         assert log.count(f"stored setting {name}:") == 1, log
     current = cli_json(data, "config")
     assert (current["debounce"], current["batch_size"], current["view_dir"]) == (1.0, 32, "")
+
+
+@pytest.mark.parametrize(
+    ("timing", "says"),
+    [
+        ("often=1", "NAME one of tick, housekeeping"),
+        ("housekeeping", "expected a positive number of seconds"),
+        ("housekeeping=0", "expected a positive number of seconds"),
+        ("drain=nan", "expected a positive number of seconds"),
+        ("rescan_jitter=1.5", "rescan_jitter: a fraction from 0 to 1"),
+    ],
+)
+def test_a_wrong_daemon_timing_is_one_error_line(tmp_path, timing, says):
+    """``--timing`` (hidden, for tests) is checked before the daemon opens anything."""
+    result = cli(tmp_path / "none", "daemon", "--timing", timing, code=1)
+    assert result.stderr.startswith(f"error: --timing {timing!r}: ") and says in result.stderr
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "none").exists()

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from helpers import cli, cli_json
 from imaging import draw, make_photos
 
@@ -35,6 +36,7 @@ def _writer(data: Path) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow  # a writer process re-embeds while readers ask
 def test_answers_keep_their_shape_while_index_reembeds(tmp_path):
     """`similar -k N` gives N results and `status` agrees with itself in every run while a
     real `imgindex index` re-embeds, adds and removes images one commit at a time."""

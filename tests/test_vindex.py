@@ -64,6 +64,7 @@ def exact_top(data: Path, q: np.ndarray, k: int) -> list[str]:
     return [rows[i].path for i in np.argsort(-(x @ q))[:k]]
 
 
+@pytest.mark.slow  # trains an IVF index
 def test_past_flat_max_the_index_is_ivf_and_still_finds_the_exact_neighbours(synthetic):
     x = clustered(3000, 1)
     add_vectors(synthetic, x)

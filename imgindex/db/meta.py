@@ -196,11 +196,12 @@ def set_log_trimmed(conn: Connection, seq: int) -> None:
 @dataclass(frozen=True)
 class AutoK:
     """The last choice of k by silhouette: ``k``, the library size ``at`` which it was made,
-    and the score of every k tried."""
+    the score of every k tried, and how many vectors were scored (None: not recorded)."""
 
     k: int
     at: int
     silhouette: dict[int, float] = field(default_factory=dict)
+    sample: int | None = None
 
 
 def auto_k(conn: Connection) -> AutoK | None:
@@ -209,11 +210,14 @@ def auto_k(conn: Connection) -> AutoK | None:
         return None
     d = json.loads(raw)
     scores = {int(k): float(v) for k, v in d.get("silhouette", {}).items()}
-    return AutoK(int(d["k"]), int(d.get("at", 0)), scores)
+    sample = d.get("sample")
+    return AutoK(int(d["k"]), int(d.get("at", 0)), scores, None if sample is None else int(sample))
 
 
 def set_auto_k(conn: Connection, choice: AutoK) -> None:
     value = {"k": choice.k, "at": choice.at, "silhouette": choice.silhouette}
+    if choice.sample is not None:
+        value["sample"] = choice.sample
     _set(conn, _CLUSTER_AUTO_K, json.dumps(value))
 
 
