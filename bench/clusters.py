@@ -55,13 +55,29 @@ def one_batch(lib: Library, batch: int, dim: int, seed: int) -> float:
         x = next(synthetic(batch, dim, seed + r))
         prefix = f"{offline}/new-{time.time_ns()}-"
         with lib.engine.begin() as conn:
-            rows = [{"path": f"{prefix}{i}.jpg", "root_id": 2, "size": 1, "mtime_ns": 1,
-                     "status": "indexed", "model": lib.model, "vector": v.tobytes(),
-                     "updated_at": 0.0} for i, v in enumerate(x)]
+            rows = [
+                {
+                    "path": f"{prefix}{i}.jpg",
+                    "root_id": 2,
+                    "size": 1,
+                    "mtime_ns": 1,
+                    "status": "indexed",
+                    "model": lib.model,
+                    "vector": v.tobytes(),
+                    "updated_at": 0.0,
+                }
+                for i, v in enumerate(x)
+            ]
             conn.execute(images.insert(), rows)
-            ids = np.array(conn.execute(
-                images.select().with_only_columns(images.c.id)
-                .where(images.c.path.like(f"{prefix}%"))).scalars().all())
+            ids = np.array(
+                conn.execute(
+                    images.select()
+                    .with_only_columns(images.c.id)
+                    .where(images.c.path.like(f"{prefix}%"))
+                )
+                .scalars()
+                .all()
+            )
             start = time.perf_counter()
             organize.after_batch(conn, lib.k_setting, dim, ids, x, lib.vectors.size + batch)
         lib.sync_index()
@@ -77,8 +93,7 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, help="libraries of bench/query.py --keep, or made here")
     args = ap.parse_args()
     tmp = args.keep or Path(tempfile.mkdtemp(prefix="imgindex-clusters-"))
-    print(f"| images | one batch of {args.batch} ms | drain (nothing due) ms "
-          "| consolidation s |")
+    print(f"| images | one batch of {args.batch} ms | drain (nothing due) ms | consolidation s |")
     print("|---|---|---|---|")
     for n in args.sizes:
         data = tmp / str(n) / "data"

@@ -50,16 +50,20 @@ def main() -> None:
     ap.add_argument("--keep", type=Path)
     args = ap.parse_args()
     tmp = args.keep or Path(tempfile.mkdtemp(prefix="imgindex-memory-"))
-    print("| vectors | ready s | RSS watching MB | after photos MB | after a query MB "
-          "| anon / file-backed MB | peak MB |")
+    print(
+        "| vectors | ready s | RSS watching MB | after photos MB | after a query MB "
+        "| anon / file-backed MB | peak MB |"
+    )
     print("|---|---|---|---|---|---|---|")
     for n in args.sizes:
         if not (tmp / str(n) / "data").exists():
             build(tmp / str(n), n, args.dim)
         r = measure(tmp / str(n), args.files)
-        print(f"| {n:,} | {r['ready']:.1f} | {r['watching']:.0f} | {r['ingested']:.0f} | "
-              f"{r['VmRSS']:.0f} | {r['RssAnon']:.0f} / {r['RssFile']:.0f} | {r['VmHWM']:.0f} |",
-              flush=True)
+        print(
+            f"| {n:,} | {r['ready']:.1f} | {r['watching']:.0f} | {r['ingested']:.0f} | "
+            f"{r['VmRSS']:.0f} | {r['RssAnon']:.0f} / {r['RssFile']:.0f} | {r['VmHWM']:.0f} |",
+            flush=True,
+        )
 
 
 def measure(root: Path, files: int) -> dict[str, float]:
@@ -68,8 +72,10 @@ def measure(root: Path, files: int) -> dict[str, float]:
         old.unlink()
     before = status(data)["indexed"]
     start = time.monotonic()
-    daemon = subprocess.Popen([sys.executable, "-m", "imgindex", "--data-dir", str(data),
-                               "daemon"], stderr=subprocess.DEVNULL)
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "imgindex", "--data-dir", str(data), "daemon"],
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_until(lambda: status(data)["daemon"]["state"] == "watching", 1800, 0.5)
         ready = time.monotonic() - start
@@ -86,6 +92,7 @@ def measure(root: Path, files: int) -> dict[str, float]:
     finally:
         daemon.terminate()
         daemon.wait(120)
+
 
 if __name__ == "__main__":
     main()

@@ -53,8 +53,9 @@ def caltech(keep: Path) -> None:
     data = keep / "caltech"
     if not (data / "imgindex.db").exists():
         for args in (["init", str(root)], ["index"]):
-            subprocess.run([sys.executable, "-m", "imgindex", "--data-dir", str(data), *args],
-                           check=True)
+            subprocess.run(
+                [sys.executable, "-m", "imgindex", "--data-dir", str(data), *args], check=True
+            )
     with Library.open(data) as lib, lib.engine.connect() as conn:
         rows = _load_rows(conn)
         chunks = list(iter_vectors(conn, lib.dim))
@@ -66,8 +67,7 @@ def caltech(keep: Path) -> None:
     dist = np.bitwise_count(u[i] ^ u[j])
     cos = (x @ x.T)[i, j]
     folder = [Path(p).parent.name for p in rows.paths]
-    print(f"caltech-dev: {n} photos, {len(i):,} pairs, "
-          f"{n - len(set(rows.hashes))} identical files")
+    print(f"caltech-dev: {n} photos, {len(i):,} pairs, {n - len(set(rows.hashes))} identical files")
     print("pHash distance <=  " + "  ".join(f"{d:>4}" for d in range(13)))
     print("pairs              " + "  ".join(f"{(dist <= d).sum():>4}" for d in range(13)))
     ts = [0.8, 0.86, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99]
@@ -76,19 +76,27 @@ def caltech(keep: Path) -> None:
     print("\npairs at distance <= 8 or cosine >= 0.93 (inspect them):")
     for k in np.flatnonzero((dist <= 8) | (cos >= 0.93)):
         a, b = i[k], j[k]
-        print(f"  {dist[k]:>2} bits  cos {cos[k]:.4f}  {rows.paths[a].removeprefix(str(root))}"
-              f"  {rows.paths[b].removeprefix(str(root))}"
-              + ("" if folder[a] == folder[b] else "  (different folders)"))
+        print(
+            f"  {dist[k]:>2} bits  cos {cos[k]:.4f}  {rows.paths[a].removeprefix(str(root))}"
+            f"  {rows.paths[b].removeprefix(str(root))}"
+            + ("" if folder[a] == folder[b] else "  (different folders)")
+        )
     with Library.open(data) as lib:
         start = time.perf_counter()
         groups = find_duplicates(lib)
         took = time.perf_counter() - start
-    print(f"\n`imgindex duplicates` (defaults): {len(groups)} groups, "
-          f"{sum(len(g.members) for g in groups)} images, {took:.2f} s")
+    print(
+        f"\n`imgindex duplicates` (defaults): {len(groups)} groups, "
+        f"{sum(len(g.members) for g in groups)} images, {took:.2f} s"
+    )
     for g in groups:
-        print(f"  {'+'.join(g.reason):<20}" + "  ".join(
-            f"{m.path.removeprefix(str(root))} ({m.score:.3f}, {m.distance} bits)"
-            for m in g.members))
+        print(
+            f"  {'+'.join(g.reason):<20}"
+            + "  ".join(
+                f"{m.path.removeprefix(str(root))} ({m.score:.3f}, {m.distance} bits)"
+                for m in g.members
+            )
+        )
     uniform = np.random.default_rng(0).integers(-(2**63), 2**63 - 1, n, dtype=np.int64)
     real, rand = _candidates(rows.phashes, 4), _candidates(uniform, 4)
     print(f"\nmulti-index candidate pairs at distance 4: {real} real pHashes, {rand} uniform")
@@ -100,8 +108,9 @@ def _candidates(hashes: np.ndarray, max_distance: int) -> int:
     bounds = np.linspace(0, 64, max_distance + 2).round().astype(int).tolist()
     total = 0
     for lo, hi in pairwise(bounds):
-        _, counts = np.unique((u >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1),
-                              return_counts=True)
+        _, counts = np.unique(
+            (u >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1), return_counts=True
+        )
         total += int((counts * (counts - 1) // 2).sum())
     return total
 
@@ -148,11 +157,26 @@ def build(root: Path, n: int, dim: int) -> Path:
                     x[i], ph[i] = _copy(x[src], 0.6, rng), _flip(ph[src], 6 + c % 3, rng)
                 else:
                     x[i] = _copy(x[src], 0.95, rng)
-            conn.execute(images.insert(), [
-                {"path": f"{offline}/{names[i]}.jpg", "root_id": 1, "size": 1, "mtime_ns": 1,
-                 "status": "indexed", "model": lib.model, "vector": x[i].tobytes(),
-                 "content_hash": hashes[i], "phash": ph[i], "width": 1, "height": 1,
-                 "updated_at": 0.0} for i in range(m)])
+            conn.execute(
+                images.insert(),
+                [
+                    {
+                        "path": f"{offline}/{names[i]}.jpg",
+                        "root_id": 1,
+                        "size": 1,
+                        "mtime_ns": 1,
+                        "status": "indexed",
+                        "model": lib.model,
+                        "vector": x[i].tobytes(),
+                        "content_hash": hashes[i],
+                        "phash": ph[i],
+                        "width": 1,
+                        "height": 1,
+                        "updated_at": 0.0,
+                    }
+                    for i in range(m)
+                ],
+            )
     with Library.open(data, write=True) as lib:
         lib.vectors  # noqa: B018 - builds and saves the FAISS file
     return data
@@ -197,9 +221,13 @@ def at_scale(keep: Path, n: int, dim: int) -> None:
             if hit := re.search(r"_(\w+)_of_\d+\.jpg$", path):
                 planted[hit.group(1)] += 1
     stray = sum(1 for g in groups if not any("_of_" in m.path for m in g.members))
-    print(f"| {n:,} | {kind} | {built:.0f} | {t['rows']:.1f} | {t['exact']:.2f} | "
-          f"{t['phash']:.2f} | {t['vector']:.1f} | {t['all']:.1f} | {t['cli']:.1f} | {rss} | "
-          + " | ".join(f"{found[k]}/{planted[k]}" for k in KINDS) + f" | {stray} |", flush=True)
+    print(
+        f"| {n:,} | {kind} | {built:.0f} | {t['rows']:.1f} | {t['exact']:.2f} | "
+        f"{t['phash']:.2f} | {t['vector']:.1f} | {t['all']:.1f} | {t['cli']:.1f} | {rss} | "
+        + " | ".join(f"{found[k]}/{planted[k]}" for k in KINDS)
+        + f" | {stray} |",
+        flush=True,
+    )
 
 
 CLI = r"""
@@ -222,9 +250,12 @@ def main() -> None:
     if args.caltech:
         caltech(keep)
     if args.sizes:
-        print("\n| images | index | build s | rows s | exact s | pHash s | vector s | "
-              "find_duplicates s | CLI process s | CLI peak RSS MB | "
-              + " | ".join(f"{k} found" for k in KINDS) + " | other groups |")
+        print(
+            "\n| images | index | build s | rows s | exact s | pHash s | vector s | "
+            "find_duplicates s | CLI process s | CLI peak RSS MB | "
+            + " | ".join(f"{k} found" for k in KINDS)
+            + " | other groups |"
+        )
         print("|---" * (11 + len(KINDS)) + "|")
         for n in args.sizes:
             at_scale(keep, n, args.dim)

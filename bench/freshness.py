@@ -32,8 +32,10 @@ def photos(n: int) -> list[Image.Image]:
     files = sorted(CORPUS.rglob("*.jpg"))[:: max(1, 1286 // n)][:n] if CORPUS.is_dir() else []
     if files:
         return [Image.open(f).convert("RGB") for f in files]
-    return [Image.effect_mandelbrot((320, 240), (-2 + i / n, -1.2, 1, 1.2), 60).convert("RGB")
-            for i in range(n)]
+    return [
+        Image.effect_mandelbrot((320, 240), (-2 + i / n, -1.2, 1, 1.2), 60).convert("RGB")
+        for i in range(n)
+    ]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -102,11 +104,15 @@ def main() -> None:
         daemon.wait(timeout=30)
     latencies.sort()
     p95 = latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))]
-    print(f"| model | files | median s | p95 s | max s | idle CPU % of a core ({args.idle:g} s)"
-          " | RSS MB |")
+    print(
+        f"| model | files | median s | p95 s | max s | idle CPU % of a core ({args.idle:g} s)"
+        " | RSS MB |"
+    )
     print("|---|---|---|---|---|---|---|")
-    print(f"| {args.model} | {len(latencies)} | {statistics.median(latencies):.2f} | {p95:.2f} "
-          f"| {latencies[-1]:.2f} | {idle_cpu:.2f} | {rss:.0f} |")
+    print(
+        f"| {args.model} | {len(latencies)} | {statistics.median(latencies):.2f} | {p95:.2f} "
+        f"| {latencies[-1]:.2f} | {idle_cpu:.2f} | {rss:.0f} |"
+    )
 
 
 if __name__ == "__main__":

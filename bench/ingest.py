@@ -128,16 +128,21 @@ def main() -> None:
     sets = corpora(tmp, args.small, args.camera)
     embedder = load_embedder(args.model)
     print(f"model {args.model} on {embedder.device}")
-    print("| corpus | files | tutorial loop | imgindex | × tutorial | model only (batch) "
-          "| decode only (threads) | imgindex / min(model, decode) |")
+    print(
+        "| corpus | files | tutorial loop | imgindex | × tutorial | model only (batch) "
+        "| decode only (threads) | imgindex / min(model, decode) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name, files in sets.items():
         tut = tutorial_loop(files, args.model)
         ours = end_to_end(files, args.model, tmp)
         m, mb = model_only(embedder)
         d, dw = decode_only(files)
-        print(f"| {name} | {len(files)} | {tut:.1f} | {ours:.1f} | {ours / tut:.2f} "
-              f"| {m:.1f} ({mb}) | {d:.1f} ({dw}) | {ours / min(m, d):.2f} |", flush=True)
+        print(
+            f"| {name} | {len(files)} | {tut:.1f} | {ours:.1f} | {ours / tut:.2f} "
+            f"| {m:.1f} ({mb}) | {d:.1f} ({dw}) | {ours / min(m, d):.2f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -67,15 +67,35 @@ def build(root: Path, n: int, dim: int) -> tuple[Path, Path, float]:
         first = None
         for start, x in zip(range(0, n, CHUNK), synthetic(n, dim, n), strict=True):
             first = x[0] if first is None else first
-            conn.execute(images.insert(), [
-                {"path": f"{offline}/{start + i}.jpg", "root_id": 2, "size": 1, "mtime_ns": 1,
-                 "status": "indexed", "model": lib.model, "vector": x[i].tobytes(),
-                 "updated_at": now} for i in range(len(x))])
+            conn.execute(
+                images.insert(),
+                [
+                    {
+                        "path": f"{offline}/{start + i}.jpg",
+                        "root_id": 2,
+                        "size": 1,
+                        "mtime_ns": 1,
+                        "status": "indexed",
+                        "model": lib.model,
+                        "vector": x[i].tobytes(),
+                        "updated_at": now,
+                    }
+                    for i in range(len(x))
+                ],
+            )
         st = photo.stat()
-        conn.execute(images.insert().values(
-            path=str(photo), root_id=1, size=st.st_size, mtime_ns=st.st_mtime_ns,
-            status="indexed", model=lib.model, updated_at=now,
-            vector=vector_to_blob(first)))
+        conn.execute(
+            images.insert().values(
+                path=str(photo),
+                root_id=1,
+                size=st.st_size,
+                mtime_ns=st.st_mtime_ns,
+                status="indexed",
+                model=lib.model,
+                updated_at=now,
+                vector=vector_to_blob(first),
+            )
+        )
     start = time.perf_counter()
     with Library.open(data, write=True) as lib:
         lib.vectors  # noqa: B018 - builds and saves the FAISS file
@@ -85,8 +105,16 @@ def build(root: Path, n: int, dim: int) -> tuple[Path, Path, float]:
 def cold_cli(data: Path, photo: Path) -> tuple[float, float]:
     """Median wall time of a fresh `imgindex similar` process, and of a process that only
     imports what that command imports (the floor no index can go under)."""
-    similar = [sys.executable, "-m", "imgindex", "--data-dir", str(data), "similar", str(photo),
-               "--json"]
+    similar = [
+        sys.executable,
+        "-m",
+        "imgindex",
+        "--data-dir",
+        str(data),
+        "similar",
+        str(photo),
+        "--json",
+    ]
     imports = [sys.executable, "-c", "import imgindex.cli, imgindex.query"]
     times: dict[int, list[float]] = {0: [], 1: []}
     for _ in range(5):
@@ -130,12 +158,21 @@ def in_process(data: Path, dim: int, n: int) -> dict:
             i2 = np.concatenate([best_ids, chunk_ids[top]], 1)
             order = np.argsort(-s2, axis=1)[:, :11]
             best, best_ids = np.take_along_axis(s2, order, 1), np.take_along_axis(i2, order, 1)
-        paths = dict(conn.execute(images.select().with_only_columns(images.c.id, images.c.path)
-                                  .where(images.c.id.in_(np.unique(best_ids).tolist()))).all())
+        paths = dict(
+            conn.execute(
+                images.select()
+                .with_only_columns(images.c.id, images.c.path)
+                .where(images.c.id.in_(np.unique(best_ids).tolist()))
+            ).all()
+        )
     qfile = data / "queries.npy"
     np.save(qfile, queries)
-    out = subprocess.run([sys.executable, "-c", READER, str(data), str(dim), str(qfile)],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", READER, str(data), str(dim), str(qfile)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     import json
 
     res = json.loads(out)
@@ -145,9 +182,13 @@ def in_process(data: Path, dim: int, n: int) -> dict:
         truth = {paths[int(i)] for i in best_ids[row] if i != own}
         got = [p for p in got if p != paths.get(int(own))][:10]
         recall.append(len(truth & set(got)) / 10)
-    return {"kind": res["kind"], "p50": float(np.percentile(res["lat"], 50)),
-            "p99": float(np.percentile(res["lat"], 99)), "recall": float(np.mean(recall)),
-            "reader_rss": res["rss"]}
+    return {
+        "kind": res["kind"],
+        "p50": float(np.percentile(res["lat"], 50)),
+        "p99": float(np.percentile(res["lat"], 99)),
+        "recall": float(np.mean(recall)),
+        "reader_rss": res["rss"],
+    }
 
 
 WRITER = r"""
@@ -161,8 +202,9 @@ with Library.open(Path(sys.argv[1]), write=True) as lib:
 
 
 def writer_rss(data: Path) -> float:
-    out = subprocess.run([sys.executable, "-c", WRITER, str(data)], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", WRITER, str(data)], check=True, capture_output=True, text=True
+    ).stdout
     return float(out.strip().splitlines()[-1])
 
 
@@ -173,19 +215,26 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, help="build libraries here and keep them")
     args = ap.parse_args()
     tmp = args.keep or Path(tempfile.mkdtemp(prefix="imgindex-query-"))
-    print("| vectors | index | build s | cold `imgindex similar` s | imports alone s "
-          "| search p50 ms | p99 ms | recall@10 | reader RSS MB | writer RSS MB |")
+    print(
+        "| vectors | index | build s | cold `imgindex similar` s | imports alone s "
+        "| search p50 ms | p99 ms | recall@10 | reader RSS MB | writer RSS MB |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for n in args.sizes:
         data, photo, built = build(tmp / str(n), n, args.dim)
         cold, floor = cold_cli(data, photo)
         r = in_process(data, args.dim, n)
         w = writer_rss(data)
-        print(f"| {n:,} | {r['kind']} | {built:.1f} | {cold:.2f} | {floor:.2f} | {r['p50']:.1f} | "
-              f"{r['p99']:.1f} | {r['recall']:.3f} | {r['reader_rss']:.0f} | {w:.0f} |",
-              flush=True)
-    print(f"(this process peaked at {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}"
-          " MB)", file=sys.stderr)
+        print(
+            f"| {n:,} | {r['kind']} | {built:.1f} | {cold:.2f} | {floor:.2f} | {r['p50']:.1f} | "
+            f"{r['p99']:.1f} | {r['recall']:.3f} | {r['reader_rss']:.0f} | {w:.0f} |",
+            flush=True,
+        )
+    print(
+        f"(this process peaked at {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}"
+        " MB)",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

@@ -68,8 +68,15 @@ def test_copies_are_grouped_with_their_original_and_nothing_else(copies):
     assert len(groups) == 1, groups
     group = groups[0]
     assert sorted(names(group)) == sorted(
-        ["orig.jpg", "orig_copy.jpg", "orig_small.jpg", "orig.png", "orig_grey.jpg",
-         "orig_mirror.jpg", "orig_greycrop.jpg"]
+        [
+            "orig.jpg",
+            "orig_copy.jpg",
+            "orig_small.jpg",
+            "orig.png",
+            "orig_grey.jpg",
+            "orig_mirror.jpg",
+            "orig_greycrop.jpg",
+        ]
     )
     assert all(Path(m["path"]).is_absolute() for m in group["members"])
     assert set(group["reason"]) == {"exact", "phash", "vector"}
@@ -85,9 +92,7 @@ def test_json_members_first_then_by_score_with_kinds(copies):
     assert first["kind"] == "first" and first["score"] == 1.0 and first["distance"] == 0
     assert Path(first["path"]).name == "orig.jpg"
     kinds = {Path(m["path"]).name: m["kind"] for m in rest}
-    assert kinds == {"orig_copy.jpg": "exact"} | {
-        n: "near" for n in kinds if n != "orig_copy.jpg"
-    }
+    assert kinds == {"orig_copy.jpg": "exact"} | {n: "near" for n in kinds if n != "orig_copy.jpg"}
     scores = [m["score"] for m in rest]
     assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1 for s in scores)
     assert all(m["score"] == 1.0 for m in rest if m["kind"] == "exact")
@@ -99,8 +104,9 @@ def test_json_members_first_then_by_score_with_kinds(copies):
 def test_distances_are_the_stored_hashes_hamming_distances(copies):
     _, data = copies
     with Library.open(data) as lib, lib.engine.connect() as conn:
-        stored = dict(conn.execute(images.select().with_only_columns(images.c.path,
-                                                                      images.c.phash)).all())
+        stored = dict(
+            conn.execute(images.select().with_only_columns(images.c.path, images.c.phash)).all()
+        )
     checked = 0
     for g in cli_json(data, "duplicates", "--threshold", "0.5"):  # far pairs too
         ref = stored[g["members"][0]["path"]]
@@ -208,12 +214,23 @@ def test_vector_tier_through_an_ivf_index_finds_every_pair_above_the_threshold(t
     ph = rng.integers(-(2**63), 2**63 - 1, len(x), dtype=np.int64)
     with Library.open(data) as lib, lib.engine.begin() as conn:
         set_flat_max(conn, 500)
-        conn.execute(images.insert(), [
-            {"path": f"/synthetic/{i}.jpg", "root_id": 1, "size": 1, "mtime_ns": 1,
-             "status": "indexed", "model": lib.model, "vector": v.tobytes(), "updated_at": 0.0,
-             "phash": int(ph[i])}
-            for i, v in enumerate(x)
-        ])
+        conn.execute(
+            images.insert(),
+            [
+                {
+                    "path": f"/synthetic/{i}.jpg",
+                    "root_id": 1,
+                    "size": 1,
+                    "mtime_ns": 1,
+                    "status": "indexed",
+                    "model": lib.model,
+                    "vector": v.tobytes(),
+                    "updated_at": 0.0,
+                    "phash": int(ph[i]),
+                }
+                for i, v in enumerate(x)
+            ],
+        )
     with Library.open(data, write=True) as lib:
         assert lib.vectors.approximate  # built and saved as IVF
     i, j = np.triu_indices(len(x), 1)
@@ -265,10 +282,16 @@ def test_near_duplicates_corpus_with_the_default_model(tmp_path):
     for kind in ("hflip", "rotation"):  # recorded, not required
         for path in (p for p in files if f"_{kind}." in p):
             g = groups[group_of[path]] if path in group_of else None
-            fate = "not grouped" if g is None else (
-                "with the original" if same_group(path, base["ukbench00120"]) else
-                "only with " + ", ".join(
-                    m["path"].removeprefix(str(root)) for m in g["members"] if m["path"] != path
+            fate = (
+                "not grouped"
+                if g is None
+                else (
+                    "with the original"
+                    if same_group(path, base["ukbench00120"])
+                    else "only with "
+                    + ", ".join(
+                        m["path"].removeprefix(str(root)) for m in g["members"] if m["path"] != path
+                    )
                 )
             )
             member = next((m for m in g["members"] if m["path"] == path), None) if g else None

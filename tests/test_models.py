@@ -228,6 +228,7 @@ def test_zoo_model_from_local_weights(name, tmp_path, no_network) -> None:
     assert not (tmp_path / "cache").exists()  # nothing downloaded
 
 
+@pytest.mark.slow  # builds two torchvision models (~10 s)
 def test_zoo_refuses_weights_of_another_model(tmp_path, no_network) -> None:
     import torch
     import torchvision

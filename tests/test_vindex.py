@@ -27,15 +27,34 @@ def add_vectors(data: Path, x: np.ndarray) -> np.ndarray:
     """Indexed rows with these vectors (paths in a folder that does not exist); their ids.
     Written on a connection of its own, as another writer's transaction would be."""
     with Library.open(data) as lib, lib.engine.begin() as conn:
-        first = conn.execute(images.insert().values(
-            path=f"/synthetic/{time.monotonic_ns()}-0.jpg", root_id=1, size=1, mtime_ns=1,
-            status="indexed", model=lib.model, vector=x[0].tobytes(), updated_at=0.0,
-        )).lastrowid
-        conn.execute(images.insert(), [
-            {"path": f"/synthetic/{first}-{i}.jpg", "root_id": 1, "size": 1, "mtime_ns": 1,
-             "status": "indexed", "model": lib.model, "vector": v.tobytes(), "updated_at": 0.0}
-            for i, v in enumerate(x[1:], 1)
-        ])
+        first = conn.execute(
+            images.insert().values(
+                path=f"/synthetic/{time.monotonic_ns()}-0.jpg",
+                root_id=1,
+                size=1,
+                mtime_ns=1,
+                status="indexed",
+                model=lib.model,
+                vector=x[0].tobytes(),
+                updated_at=0.0,
+            )
+        ).lastrowid
+        conn.execute(
+            images.insert(),
+            [
+                {
+                    "path": f"/synthetic/{first}-{i}.jpg",
+                    "root_id": 1,
+                    "size": 1,
+                    "mtime_ns": 1,
+                    "status": "indexed",
+                    "model": lib.model,
+                    "vector": v.tobytes(),
+                    "updated_at": 0.0,
+                }
+                for i, v in enumerate(x[1:], 1)
+            ],
+        )
     return np.arange(first, first + len(x))
 
 
@@ -106,7 +125,7 @@ def test_reader_overlays_what_the_writer_has_not_saved(synthetic):
             assert top[0].score == pytest.approx(1.0, abs=1e-5)
             assert [m.path for m in top] == exact_top(synthetic, new[0], 5)
         writer.save_index()
-    (seq, _), = index_files(synthetic)
+    ((seq, _),) = index_files(synthetic)
     with Library.open(synthetic) as lib, lib.engine.connect() as conn:
         assert seq == log_position(conn)[0]
         assert len(logged_since(conn, 0)) == 0  # the saved changes left the log
@@ -178,7 +197,7 @@ def test_a_reader_never_writes_the_cache(synthetic):
     assert list(index_files(synthetic)) == [] and not list(synthetic.glob(".vectors.*"))
     with Library.open(synthetic, write=True) as writer:
         writer.vectors  # noqa: B018 - builds and saves it
-    (seq, _), = index_files(synthetic)
+    ((seq, _),) = index_files(synthetic)
     with Library.open(synthetic) as reader:
         vi = reader.vectors
         assert vi.read_only and vi.approximate and vi.base_seq == seq and vi.size == 900
