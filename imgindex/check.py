@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import faiss
+import faiss as _faiss
 import numpy as np
 
 from imgindex import store
@@ -33,6 +33,9 @@ from imgindex.errors import ImgIndexError
 from imgindex.fsafe import is_under
 from imgindex.library import Library
 from imgindex.vindex import FileRecord, ids_in, index_files, read_file, vectors_in
+
+#: faiss's SWIG stubs miss DirectMap, the IO callbacks and subclasses' attributes
+faiss: Any = _faiss
 
 UNIT_TOLERANCE = 1e-3  # |norm - 1| of a stored vector
 EXACT_TOLERANCE = 1e-5  # a flat file holds the stored floats themselves
@@ -383,7 +386,8 @@ def _holds(
 
 def _rebuild_cache(lib: Library) -> str:
     lib.rebuild_index()
-    return f"rebuilt from the database and saved as {lib.vectors.path.name}"
+    saved = lib.vectors.path
+    return f"rebuilt from the database and saved as {saved.name if saved else '(nothing)'}"
 
 
 def _leftovers(lib: Library, report: CheckReport) -> None:

@@ -26,14 +26,14 @@ from imgindex.paths import resolve_data_dir
 try:  # typer >= 0.16 vendors click
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
 except ImportError:  # pragma: no cover - older typer with click installed
-    from click.exceptions import ClickException, NoArgsIsHelpError
+    from click.exceptions import ClickException, NoArgsIsHelpError  # type: ignore[no-redef]
 
 
 class _Boundary(TyperGroup):
     """The one error boundary: a user's mistake is one ``error: ...`` line and exit status 1
     (2 for usage errors, as is customary); ``--verbose`` adds the traceback."""
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # a click Context
         try:
             return super().invoke(ctx)
         except BrokenPipeError:  # `imgindex ... | head`: the reader has all it wanted

@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile, TiffTags, features
@@ -81,17 +82,18 @@ def register_optional_plugins() -> list[str]:
         if _plugins is None:
             _plugins = []
             with _recording([]):
+                heif: Any = None
                 try:
-                    import pillow_heif
+                    import pillow_heif as heif
 
-                    pillow_heif.register_heif_opener()
+                    heif.register_heif_opener()
                     _plugins.append("HEIF")
                 except Exception:  # absent, or its compiled library does not load
-                    pillow_heif = None
+                    heif = None
                 if features.check("avif"):  # Pillow >= 11.2 decodes AVIF itself
                     _plugins.append("AVIF")
-                elif pillow_heif is not None and hasattr(pillow_heif, "register_avif_opener"):
-                    pillow_heif.register_avif_opener()  # pillow-heif < 1.0
+                elif heif is not None and hasattr(heif, "register_avif_opener"):
+                    heif.register_avif_opener()  # pillow-heif < 1.0
                     _plugins.append("AVIF")
         return list(_plugins)
 
@@ -143,6 +145,7 @@ def _open(
         raise DecodeFailure("empty file", retryable=True)
     notes: list[str] = []
     try:
+        img: Image.Image
         with _recording(notes):  # cheap: header and metadata only
             img, full = _open_header(data, formats, min_size, max_pixels)
         fmt = img.format or "unknown"

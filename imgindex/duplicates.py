@@ -221,11 +221,11 @@ def _group(
     rows: _Rows, positions: np.ndarray, vectors: dict[int, np.ndarray], reason: list[str]
 ) -> Group:
     """The members at ``positions`` scored against the first (most pixels, largest file)."""
-    positions = sorted(positions.tolist(), key=lambda p: rows.sort_key[p])
-    first = positions[0]
+    order = sorted(positions.tolist(), key=lambda p: rows.sort_key[p])
+    first = order[0]
     ref = vectors.get(int(rows.ids[first]))
     members = []
-    for p in positions:
+    for p in order:
         same = rows.hashes[p] != "" and rows.hashes[p] == rows.hashes[first]
         vec = vectors.get(int(rows.ids[p]))
         cos = 1.0 if same or ref is None or vec is None else float(np.clip(ref @ vec, -1, 1))

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -333,7 +333,7 @@ class Ingestor:
                 self._embed([p])
 
     def _embed_all(self, batch: list[Prepared]) -> None:
-        pixels = np.stack([p.pixels for p in batch])
+        pixels = np.stack([p.pixels for p in batch if p.pixels is not None])
         labelled = getattr(self._load_embedder(), "embed_labelled", None)
         if labelled is None:
             vectors, labels = self._embed_pixels(pixels), [None] * len(batch)
@@ -460,6 +460,8 @@ class Ingestor:
             }
             self._insert_indexed(conn, row, vector, added)
         elif p.kind == "decoded":
+            if vector is None:  # the model gave it none: it fails alone (_commit_isolated)
+                raise ValueError("no vector for a decoded file")
             self._drop(conn, old, removed)
             row = {
                 **base,
@@ -670,7 +672,7 @@ def mount_available(point: str) -> bool:
 
 def _ordered_map(
     pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterable[Any], window: int
-) -> Iterator[Any]:
+) -> Generator[Any, None, None]:
     """``pool.map`` that keeps at most ``window`` items in flight (bounded memory)."""
     queue: deque[Future] = deque()
     for item in items:

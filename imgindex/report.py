@@ -319,7 +319,7 @@ def silhouette_svg(data: dict[str, Any], width: int = 640, height: int = 300) ->
 def asset(name: str) -> str:
     """A file of the page, shipped as package data in ``imgindex/report_page/``: the template
     ``report.html`` (``@@NAME@@`` fields), its ``report.css`` and ``report.js``."""
-    return files("imgindex").joinpath("report_page", name).read_text(encoding="utf-8")
+    return files("imgindex").joinpath("report_page").joinpath(name).read_text(encoding="utf-8")
 
 
 def render(data: dict[str, Any]) -> str:

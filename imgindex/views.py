@@ -325,7 +325,13 @@ def _place(
     path = view_dir / rel
     try:
         old = drop[old_rel] if old_rel else None
-        if old and _same(old, e) and not os.path.lexists(path) and is_ours(view_dir / old_rel, old):
+        if (
+            old
+            and old_rel
+            and _same(old, e)
+            and not os.path.lexists(path)
+            and is_ours(view_dir / old_rel, old)
+        ):
             path.parent.mkdir(exist_ok=True)
             os.rename(view_dir / old_rel, path)
             report.moved += 1

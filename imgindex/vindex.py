@@ -27,12 +27,15 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-import faiss
+import faiss as _faiss
 import numpy as np
 
 from imgindex import diskspace, fsafe
+
+#: faiss's SWIG stubs miss DirectMap, the IO callbacks and subclasses' attributes
+faiss: Any = _faiss
 
 log = logging.getLogger(__name__)
 

@@ -77,7 +77,8 @@ class TorchEmbedder:
     ) -> None:
         self.spec = spec
         self.device = device
-        self.body = body.eval().to(device, memory_format=torch.channels_last)
+        # torch's stubs omit Module.to's memory_format keyword
+        self.body = body.eval().to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.head = head.eval().to(device)
         # On the 0..255 scale, shaped to broadcast over NCHW.
         self._mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
