@@ -185,11 +185,11 @@ def _damaged(lib: Library, rows: list[Any]) -> list[tuple[str, Any]]:
 
 def _reembed(lib: Library, ids: list[int]) -> str:
     """Make rows pending so the next pass embeds their files again (they leave the index)."""
-    lib.vectors  # noqa: B018 - caught up before this change commits
+    lib.cache.load()  # caught up before this change commits
     with lib.engine.begin() as conn:
         images.forget_vectors(conn, ids, REEMBED_REASON, retry_after=time.time())
-    lib.sync_index()
-    lib.save_index()
+    lib.cache.catch_up()
+    lib.cache.save()
     return "out of the index, pending: `imgindex index` (or the daemon) embeds them again"
 
 
@@ -382,8 +382,8 @@ def _holds(
 
 
 def _rebuild_cache(lib: Library) -> str:
-    lib.rebuild_index()
-    return f"rebuilt from the database and saved as {lib.vectors.path.name}"
+    path = lib.cache.rebuild().path
+    return f"rebuilt from the database and saved as {path and path.name}"
 
 
 def _leftovers(lib: Library, report: CheckReport) -> None:
