@@ -382,8 +382,8 @@ def _holds(
 
 
 def _rebuild_cache(lib: Library) -> str:
-    path = lib.cache.rebuild().path
-    return f"rebuilt from the database and saved as {path and path.name}"
+    saved = lib.cache.rebuild().path
+    return f"rebuilt from the database and saved as {saved.name if saved else '(nothing)'}"
 
 
 def _leftovers(lib: Library, report: CheckReport) -> None:
