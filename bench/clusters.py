@@ -79,8 +79,8 @@ def one_batch(lib: Library, batch: int, dim: int, seed: int) -> float:
                 .all()
             )
             start = time.perf_counter()
-            organize.after_batch(conn, lib.k_setting, dim, ids, x, lib.vectors.size + batch)
-        lib.sync_index()
+            organize.after_batch(conn, lib.k_setting, dim, ids, x, lib.cache.index.size + batch)
+        lib.cache.catch_up()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -103,7 +103,7 @@ def main() -> None:
             with lib.engine.begin() as conn:
                 meta.set_k_setting(conn, "50")
             lib.k_setting = "50"
-            lib.vectors  # noqa: B018
+            lib.cache.load()
             batch = one_batch(lib, args.batch, args.dim, n)
             with lib.engine.begin() as conn:  # consolidates when due (first run, growth)
                 organize.after_drain(conn, "50", args.dim)

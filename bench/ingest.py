@@ -80,7 +80,7 @@ def end_to_end(files: list[Path], model: str, tmp: Path) -> float:
     lib.close()
     with Library.open(root / "data", write=True) as lib:
         ingestor = Ingestor(lib)
-        ingestor.lib.vectors  # noqa: B018 - warm-up outside the timing, as a daemon would be
+        ingestor.lib.cache.load()  # warm-up outside the timing, as a daemon would be
         ingestor._embed_pixels(np.zeros((1, 224, 224, 3), np.uint8))  # the model is loaded
         start = time.perf_counter()
         report = ingestor.run()

@@ -98,7 +98,7 @@ def build(root: Path, n: int, dim: int) -> tuple[Path, Path, float]:
         )
     start = time.perf_counter()
     with Library.open(data, write=True) as lib:
-        lib.vectors  # noqa: B018 - builds and saves the FAISS file
+        lib.cache.load()  # builds and saves the FAISS file
     return data, photo, time.perf_counter() - start
 
 
@@ -132,7 +132,7 @@ from imgindex.library import Library
 data, dim = sys.argv[1], int(sys.argv[2])
 queries = np.load(sys.argv[3])
 with Library.open(__import__("pathlib").Path(data)) as lib:
-    kind = lib.vectors.kind
+    kind = lib.cache.current().kind
     lat, found = [], []
     for q in queries:
         t = time.perf_counter()
@@ -196,7 +196,7 @@ import sys
 from pathlib import Path
 from imgindex.library import Library
 with Library.open(Path(sys.argv[1]), write=True) as lib:
-    lib.vectors
+    lib.cache.load()
     print([int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmHWM")][0])
 """
 

@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import faiss as _faiss
+import faiss
 import numpy as np
 
 from imgindex import store
@@ -33,9 +33,6 @@ from imgindex.errors import ImgIndexError
 from imgindex.fsafe import is_under
 from imgindex.library import Library
 from imgindex.vindex import FileRecord, ids_in, index_files, read_file, vectors_in
-
-#: faiss's SWIG stubs miss DirectMap, the IO callbacks and subclasses' attributes
-faiss: Any = _faiss
 
 UNIT_TOLERANCE = 1e-3  # |norm - 1| of a stored vector
 EXACT_TOLERANCE = 1e-5  # a flat file holds the stored floats themselves
@@ -188,11 +185,11 @@ def _damaged(lib: Library, rows: list[Any]) -> list[tuple[str, Any]]:
 
 def _reembed(lib: Library, ids: list[int]) -> str:
     """Make rows pending so the next pass embeds their files again (they leave the index)."""
-    lib.vectors  # noqa: B018 - caught up before this change commits
+    lib.cache.load()  # caught up before this change commits
     with lib.engine.begin() as conn:
         images.forget_vectors(conn, ids, REEMBED_REASON, retry_after=time.time())
-    lib.sync_index()
-    lib.save_index()
+    lib.cache.catch_up()
+    lib.cache.save()
     return "out of the index, pending: `imgindex index` (or the daemon) embeds them again"
 
 
@@ -385,8 +382,7 @@ def _holds(
 
 
 def _rebuild_cache(lib: Library) -> str:
-    lib.rebuild_index()
-    saved = lib.vectors.path
+    saved = lib.cache.rebuild().path
     return f"rebuilt from the database and saved as {saved.name if saved else '(nothing)'}"
 
 

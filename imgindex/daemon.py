@@ -121,10 +121,10 @@ class Daemon:
         warnings.filterwarnings("ignore", category=RuntimeWarning, module="watchdog")
         self._install_signals()
         self.lib = Library.open(self.data_dir, write=True, purpose="imgindex daemon")
-        self.lib.tolerate_full_disk = True
+        self.lib.cache.tolerate_full_disk = True
         try:
             self._reload()
-            self.lib.vectors  # noqa: B018 - loaded and consistent before READY
+            self.lib.cache.load()  # loaded and consistent before READY
             self.watcher = Watcher(self.sink, self.settings.poll or None)
             self._sync_roots()
             self._set_state("scanning")  # published: `status` shows it (and a full disk)
@@ -137,7 +137,7 @@ class Daemon:
                 self.tick()
             self._set_state("stopping")
             self.notifier.stopping()
-            self.lib.save_index()
+            self.lib.cache.save()
             self.watcher.stop()
         finally:
             if self.service:
@@ -389,8 +389,8 @@ class Daemon:
         self._retry_pending()
         if self.settings.view_dir and self.view.titles_changed(self.lib):
             self._update_view()  # a cluster was named (or an update failed): folders follow
-        if self.lib.disk_full:
-            self.lib.save_index()  # once the room it lacked is free
+        if self.lib.cache.disk_full:
+            self.lib.cache.save()  # once the room it lacked is free
         self.ingestor.checkpoint()  # an idle daemon's file catches up within a minute
         self._publish()
         self.notifier.status(self._status_line())
@@ -476,7 +476,7 @@ class Daemon:
             f"{self.state}: {c['indexed']} indexed, {c['queued'] + c['pending']} pending, "
             f"{c['failed']} failed"
         )
-        return line + ("; vector index not saved: disk full" if self.lib.disk_full else "")
+        return line + ("; vector index not saved: disk full" if self.lib.cache.disk_full else "")
 
     def _publish(self, final: bool = False) -> None:
         """What `imgindex status` shows about the daemon."""
@@ -484,7 +484,7 @@ class Daemon:
             "pid": os.getpid(),
             "state": "stopped" if final else self.state,
             "heartbeat": time.time(),
-            "problem": str(self.lib.disk_full) if self.lib.disk_full else None,
+            "problem": str(self.lib.cache.disk_full) if self.lib.cache.disk_full else None,
             "roots": {
                 str(r): m
                 for r, m in (getattr(self, "watcher", None) and self.watcher.modes.items()) or []

@@ -183,7 +183,7 @@ def _popcount(x: np.ndarray) -> np.ndarray:
 def vector_pairs(lib: Library, threshold: float, k: int = NEIGHBOURS) -> np.ndarray:
     """Image id pairs ``(a, b)``, a < b, whose stored vectors are at cosine ``threshold`` or
     more: each image's ``k`` nearest neighbours from FAISS, re-scored with the exact vectors."""
-    vi = lib.vectors
+    vi = lib.cache.current()
     floor = threshold - (APPROX_MARGIN if vi.approximate else 0.0)
     found = [np.empty((0, 2), np.int64)]
     with lib.engine.connect() as conn:

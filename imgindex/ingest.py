@@ -126,7 +126,7 @@ class Ingestor:
         embedded, vanished ones removed, then clusters and the index are brought up to date.
         ``on_start`` is told how many files need work once the folders are walked."""
         start = time.monotonic()
-        self.lib.vectors  # noqa: B018 - load and catch up the FAISS index before changing it
+        self.lib.cache.load()  # the FAISS index loaded and caught up before changing it
         plans = [self._scan(root_id, folder) for root_id, folder in self._targets(folders)]
         if on_start:
             on_start(sum(len(todo) for todo, _ in plans))
@@ -360,10 +360,10 @@ class Ingestor:
     def _flush(self, batch: list[Prepared]) -> None:
         if not batch:
             return
-        self.lib.vectors  # noqa: B018 - caught up *before* this batch commits
+        self.lib.cache.load()  # caught up *before* this batch commits
         self._embed([p for p in batch if p.kind == "decoded"])
         self._commit_isolated(batch)
-        self.lib.sync_index()
+        self.lib.cache.catch_up()
         if self.progress:
             self.progress(len(batch))
         self.checkpoint()
@@ -398,7 +398,7 @@ class Ingestor:
             if added:
                 new_ids = np.array([i for i, _ in added], dtype=np.int64)
                 new_vecs = np.stack([v for _, v in added])
-                n = self.lib.vectors.size + len(added) - len(gone)
+                n = self.lib.cache.index.size + len(added) - len(gone)
                 organize.after_batch(conn, self.lib.k_setting, self.lib.dim, new_ids, new_vecs, n)
             meta.add_embedded(conn, embedded)
         self.report.embedded += embedded
@@ -570,10 +570,10 @@ class Ingestor:
         owner = _owner(dest, roots)
         if owner is None:
             return 0
-        self.lib.vectors  # noqa: B018 - caught up before this change commits
+        self.lib.cache.load()  # caught up before this change commits
         with self.lib.engine.begin() as conn:
             moved, _dropped = images.move_paths(conn, src, dest, owner[0])
-        self.lib.sync_index()
+        self.lib.cache.catch_up()
         self.report.moved += moved
         return moved
 
@@ -584,7 +584,7 @@ class Ingestor:
         that cannot be looked at, or on a mount point whose disk is gone, are kept."""
         frozen = self._gone_mounts()
         gone = []
-        self.lib.vectors  # noqa: B018 - caught up before this change commits
+        self.lib.cache.load()  # caught up before this change commits
         with self.lib.engine.begin() as conn:
             for path in paths:
                 row = images.find_by_path(conn, path)
@@ -595,15 +595,15 @@ class Ingestor:
                 ):
                     gone.append(row.id)
             images.delete_images(conn, gone)
-        self.lib.sync_index()
+        self.lib.cache.catch_up()
         self.report.removed += len(gone)
         return len(gone)
 
     def drain(self, final: bool = True) -> None:
         """Work is done for now: refresh clusters, rebuild the index if the library outgrew its
         kind, and save it (when ``final``, or when the last save is older than a checkpoint)."""
-        self.lib.maybe_rebuild()
-        vectors = self.lib.vectors.all_vectors()  # in step with SQLite: we are the writer
+        self.lib.cache.maybe_rebuild()
+        vectors = self.lib.cache.index.all_vectors()  # in step with SQLite: we are the writer
         with self.lib.engine.begin() as conn:
             organize.after_drain(conn, self.lib.k_setting, self.lib.dim, vectors)
         self.checkpoint(force=final)
@@ -612,7 +612,7 @@ class Ingestor:
         """Save the FAISS file if it is behind and the last save is older than a checkpoint:
         readers overlay the changes since, so saving a large index at every batch is waste."""
         if force or time.monotonic() - self._saved_at > self.checkpoint_s:
-            self.lib.save_index()
+            self.lib.cache.save()
             self._saved_at = time.monotonic()
 
 

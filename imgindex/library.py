@@ -7,7 +7,6 @@ cache: without a usable file they search an index built in memory; only the writ
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 import uuid
@@ -18,27 +17,17 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from imgindex import diskspace, fsafe, store
-from imgindex.db import Connection, Engine, changes, clusters, images, meta, queue
+from imgindex import fsafe, store
+from imgindex.cache import VectorCache
+from imgindex.db import Connection, Engine, clusters, images, meta, queue
 from imgindex.db.engine import make_engine, snapshot
 from imgindex.db.migrate import ensure_schema, no_library
 from imgindex.db.roots import add_root, root_paths
 from imgindex.db.schema import STATUS_FAILED, STATUS_INDEXED, STATUS_PENDING
-from imgindex.errors import DiskFull, ImgIndexError, LibraryNotFound, ModelMismatch
+from imgindex.errors import ImgIndexError, LibraryNotFound, ModelMismatch
 from imgindex.models import DEFAULT_MODEL, get_spec
 from imgindex.paths import LibraryPaths
-from imgindex.vindex import (
-    FLAT_MAX,
-    FileRecord,
-    VectorIndex,
-    build_ivf,
-    file_name,
-    index_files,
-    nlist_for,
-    stamp_of,
-)
-
-log = logging.getLogger(__name__)
+from imgindex.vindex import FLAT_MAX, VectorIndex
 
 K_AUTO = "auto"
 K_MAX = 4096  # the most clusters `init --k` accepts (fits cap k at half the images, see organize)
@@ -64,34 +53,46 @@ def _can_write(paths: LibraryPaths) -> bool:
 class Library:
     """An open library. Use ``Library.open`` or ``Library.create``; close it when done."""
 
-    def __init__(self, paths: LibraryPaths, engine: Engine, lock: store.WriteLock | None) -> None:
+    def __init__(
+        self,
+        paths: LibraryPaths,
+        engine: Engine,
+        lock: store.WriteLock | None,
+        *,
+        flat_max: int = FLAT_MAX,
+    ) -> None:
         self.paths = paths
         self.engine = engine
         self._lock = lock
-        self._vindex: VectorIndex | None = None
         self.read_only = False  # the database was opened read-only (see ``_open``)
         with snapshot(engine) as conn:
             self.model: str = meta.model(conn) or DEFAULT_MODEL
             self.dim: int = meta.dim(conn)
             self.k_setting: str = meta.k_setting(conn) or K_AUTO
             self.library_id: str | None = meta.library_id(conn)  # the writer creates it
-        self.disk_full: DiskFull | None = None  # why the writer's last save failed
-        self.tolerate_full_disk = False  # the daemon: keep the index in memory, retry later
-        self._warned: set[tuple[str, str]] = set()
-        self._rejected: set[tuple[str, tuple[int, int, int]]] = set()  # (name, stamp) refused
+        #: the FAISS cache; the writer loads it before its first commit (``cache.load``)
+        self.cache = VectorCache(
+            paths.root, self.dim, engine, writes=lock is not None, flat_max=flat_max
+        )
 
     # --- opening ------------------------------------------------------------------------------
 
     @classmethod
     def create(
-        cls, data_dir: Path, roots: list[Path], *, k: str | None = None, model: str | None = None
+        cls,
+        data_dir: Path,
+        roots: list[Path],
+        *,
+        k: str | None = None,
+        model: str | None = None,
+        flat_max: int = FLAT_MAX,
     ) -> Library:
         """Create a library (or add roots to an existing one) and open it for writing."""
         paths = LibraryPaths(data_dir)
         paths.root.mkdir(parents=True, exist_ok=True)
         # no write lock: adding roots is one short transaction, and works while the daemon
         # runs (it notices config_version and starts watching the new roots)
-        lib = cls._open(paths, write=False, purpose="imgindex init", create=True)
+        lib = cls._open(paths, write=False, purpose="imgindex init", create=True, flat_max=flat_max)
         try:
             lib._configure(roots, k=k, model=model)
         except BaseException:
@@ -100,8 +101,16 @@ class Library:
         return lib
 
     @classmethod
-    def open(cls, data_dir: Path, *, write: bool = False, purpose: str = "imgindex") -> Library:
-        """Open an existing library; ``write`` takes the library's write lock."""
+    def open(
+        cls,
+        data_dir: Path,
+        *,
+        write: bool = False,
+        purpose: str = "imgindex",
+        flat_max: int = FLAT_MAX,
+    ) -> Library:
+        """Open an existing library; ``write`` takes the library's write lock. ``flat_max``:
+        from this many vectors on, the writer's FAISS index is IVF rather than exact."""
         paths = LibraryPaths(data_dir)
         if not paths.db.exists():
             raise LibraryNotFound(
@@ -109,11 +118,17 @@ class Library:
                 "or `imgindex init DIR...` (or point --data-dir / IMGINDEX_DATA_DIR at an "
                 "existing one)"
             )
-        return cls._open(paths, write=write, purpose=purpose)
+        return cls._open(paths, write=write, purpose=purpose, flat_max=flat_max)
 
     @classmethod
     def _open(
-        cls, paths: LibraryPaths, *, write: bool, purpose: str, create: bool = False
+        cls,
+        paths: LibraryPaths,
+        *,
+        write: bool,
+        purpose: str,
+        create: bool = False,
+        flat_max: int = FLAT_MAX,
     ) -> Library:
         """Only ``create`` accepts a database without the schema or a model. A reader that
         cannot write the data directory opens the database read-only and migrates nothing."""
@@ -126,7 +141,7 @@ class Library:
         engine = make_engine(paths.db, read_only=read_only)
         try:
             ensure_schema(engine, paths.db, create=create, read_only=read_only)
-            lib = cls(paths, engine, lock)
+            lib = cls(paths, engine, lock, flat_max=flat_max)
             lib.read_only = read_only
             if lib.dim:
                 lib._check_model()
@@ -144,9 +159,7 @@ class Library:
                 lock.release()
             raise
         if write:
-            for stale in paths.root.glob(".vectors.*.tmp"):
-                stale.unlink(missing_ok=True)  # left by a crash during a save
-            paths.legacy_index.unlink(missing_ok=True)
+            lib.cache.remove_leftovers()
         return lib
 
     def _identity(self, conn: Any) -> str:
@@ -204,7 +217,7 @@ class Library:
             clusters.forget(conn)
             meta.set_model(conn, spec.name, spec.dim)
         self.model, self.dim = spec.name, spec.dim
-        self._vindex = None  # every vector left the log's set: the next use starts empty
+        self.cache.reset(spec.dim)  # every vector left the log's set: the next load starts empty
 
     @property
     def writable(self) -> bool:
@@ -222,231 +235,17 @@ class Library:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # --- the FAISS cache ------------------------------------------------------------------------
-
-    @property
-    def vectors(self) -> VectorIndex:
-        """The FAISS index, caught up with SQLite. The writer holds it in memory and changes
-        it; a reader memory-maps the newest file and overlays the changes made since (as of
-        now: ``read`` gives the index and the rows of one snapshot together)."""
-        if not self.writable:
-            return self.read(lambda _conn, vi: vi)
-        return self._loaded()
-
-    def _loaded(self) -> VectorIndex:
-        if self._vindex is None:
-            self._vindex = self._load_index()
-            self.save_index()  # the writer's file, when it was missing or behind
-        return self._vindex
+    # --- reading (the FAISS index through ``self.cache``, see ``imgindex.cache``) ---------------
 
     def read(self, fn: Callable[[Connection, VectorIndex], T]) -> T:
         """``fn(conn, index)`` in one read snapshot with the index caught up to exactly that
         snapshot, so an answer never mixes two states of the library."""
-        for _attempt in range(5):
-            vi = self._loaded()  # a file is opened before the snapshot: never newer than it
-            with snapshot(self.engine) as conn:
-                if self._catch_up(conn, vi):
-                    return fn(conn, vi)
-            self._vindex = None  # superseded by a newer file: map that one
-        raise ImgIndexError(f"{self.paths.root}: the index keeps changing under us; try again")
-
-    def _catch_up(self, conn: Connection, vi: VectorIndex) -> bool:
-        """Bring ``vi`` to the log position of ``conn``'s snapshot; False when it cannot be
-        (its file is older than the log's trimmed rows) or a reader should map a newer file."""
-        head, trimmed = changes.log_position(conn)
-        if not trimmed <= (vi.base_seq if vi.read_only else vi.seq) <= head:
-            return False
-        if not self.writable and self._newer_file(vi):
-            return False
-        if vi.seq != head:
-            self._replay(conn, vi, head)
-        return True
-
-    def _load_index(self) -> VectorIndex:
-        for _attempt in range(3):
-            vi = VectorIndex.open_latest(
-                self.paths.root, self.dim, mmap=not self.writable, accept=self._usable
-            )
-            with snapshot(self.engine) as conn:
-                head, trimmed = changes.log_position(conn)
-                if vi is None or vi.seq < trimmed or vi.seq > head:
-                    if vi is not None and vi.read_only and vi.seq < trimmed:
-                        continue  # the writer saved a newer file meanwhile: open that
-                    vi = self._rebuild(conn, head)  # a reader's stays in memory
-                elif vi.seq < head and not vi.read_only:  # a reader's overlay: see ``read``
-                    self._replay(conn, vi, head)
-            return vi
-        raise ImgIndexError(f"{self.paths.root}: the index keeps changing under us; try again")
-
-    def _newer_file(self, vi: VectorIndex) -> bool:
-        """Whether a usable index file newer than ``vi``'s is there (a reader maps it)."""
-        return any(s > vi.base_seq and self._usable(p) for s, p in index_files(self.paths.root))
-
-    def _usable(self, path: Path) -> bool:
-        """Whether ``path`` is an index file this library's writer saved, unchanged since
-        (checked against its record); says once why not. A file refused once is not hashed
-        again while it stays as it is."""
-        try:
-            seen = (path.name, stamp_of(os.stat(path)))
-        except FileNotFoundError:
-            return False
-        if seen in self._rejected:
-            return False
-        with self.engine.connect() as conn:
-            record = FileRecord.from_json(meta.cache_record(conn, path.name))
-        try:
-            why = self._file_mismatch(path, record)
-        except FileNotFoundError:
-            return False  # replaced by a newer one while we looked
-        if why is None:
-            return True
-        if not path.exists():  # its record went with it
-            return False
-        self._rejected.add(seen)
-        if (path.name, why) not in self._warned:
-            self._warned.add((path.name, why))
-            then = (
-                "rebuilding it from the database"
-                if self.writable
-                else "searching an index built in memory from the database (`imgindex index` "
-                "or the daemon saves a verified one)"
-            )
-            log.warning("ignoring %s: %s; %s", path, why, then)
-        return False
-
-    def _file_mismatch(self, path: Path, record: FileRecord | None) -> str | None:
-        """Why ``path`` is not the file ``record`` describes (None: it is)."""
-        if record is None:
-            return "no checksum was recorded for it (saved by an older imgindex, or copied in)"
-        why = record.mismatch(path, self.library_id)
-        if why is None and self.writable:
-            fresh = record.stamped(path)
-            if fresh != record:  # hashed in full (e.g. a restored copy): not again
-                self._record(path.name, fresh)
-        return why
-
-    def _record(self, name: str, record: FileRecord) -> None:
-        with self.engine.begin() as conn:
-            meta.set_cache_record(conn, name, record.to_json())
-
-    def _replay(self, conn: Any, vi: VectorIndex, head: int) -> None:
-        """Apply the log rows after ``vi.seq`` (a reader: after its file's): drop every changed
-        id, add back the current vectors of those still indexed."""
-        changed = changes.logged_since(conn, vi.base_seq if vi.read_only else vi.seq)
-        vi.apply(changed, *images.vectors_for(conn, changed.tolist(), self.dim), seq=head)
-        log.debug("caught the vector index up with %d changed images", len(changed))
-
-    def _rebuild(self, conn: Any, head: int) -> VectorIndex:
-        """A new index of every indexed vector: of the kind the library size calls for when
-        it will be saved (the writer's), else exact (a reader's, in memory)."""
-        n = images.count_indexed(conn)
-        chunks = ((ids, x) for ids, x, _ in images.iter_vectors(conn, self.dim))
-        if n < self.flat_max or not self.writable:
-            vi = VectorIndex(self.dim, seq=head)
-            for ids, x in chunks:
-                vi.add(ids, x)
-        else:
-            train = images.sample_vectors(conn, min(n, 40 * nlist_for(n)), self.dim, seed=n)
-            vi = VectorIndex(self.dim, build_ivf(self.dim, train, chunks, n), seq=head)
-        log.info("built the vector index (%s) from %d stored vectors", vi.kind, n)
-        return vi
-
-    def sync_index(self) -> None:
-        """Replay into the writer's index what the last commit logged (a batch's rows)."""
-        if self._vindex is None:
-            return
-        with self.engine.connect() as conn:
-            head = changes.log_head(conn)
-            if head != self._vindex.seq:
-                self._replay(conn, self._vindex, head)
-
-    def maybe_rebuild(self) -> bool:
-        """Rebuild the writer's index when the library size calls for another kind: flat to
-        IVF past ``flat_max``, IVF with more lists as it grows 4x. Returns whether it did."""
-        vi = self.vectors
-        n, ivf = vi.size, vi.ivf
-        if ivf is None:
-            due = n >= self.flat_max
-        else:
-            due = n < self.flat_max // 2 or not (0.25 <= nlist_for(n) / ivf.nlist <= 2)
-        if not due or not self.writable:
-            return False
-        with self.engine.connect() as conn:
-            self._vindex = self._rebuild(conn, changes.log_head(conn))
-        self.save_index()
-        return True
-
-    @property
-    def flat_max(self) -> int:
-        with self.engine.connect() as conn:
-            return meta.flat_max(conn, FLAT_MAX)
+        return self.cache.read(fn)
 
     def refresh(self) -> None:
         """Bring a long-lived reader up to date with the writer's changes (cheap when none;
         every ``read`` does it too)."""
-        if not self.writable:
-            self.read(lambda _conn, _vi: None)
-
-    def rebuild_index(self) -> None:
-        """Drop the index files and build and save the index again from SQLite (writer)."""
-        for _, path in index_files(self.paths.root):
-            path.unlink(missing_ok=True)
-        with self.engine.connect() as conn:
-            self._vindex = self._rebuild(conn, changes.log_head(conn))
-        self.save_index()
-
-    def save_index(self, vi: VectorIndex | None = None) -> None:
-        """Write the writer's index if it changed since its file, then trim the log.
-
-        A full disk raises DiskFull, unless ``tolerate_full_disk`` (the daemon): then it is
-        logged once, kept in ``disk_full``, and saving waits until the room it lacked is free."""
-        vi = vi or self._vindex
-        if vi is None or not self.writable or vi.read_only:
-            return
-        if vi.path is not None and vi.path.name == file_name(vi.seq) and vi.path.exists():
-            return
-        full = self.disk_full
-        if full and self.tolerate_full_disk and diskspace.free_bytes(self.paths.root) < full.needed:
-            return  # still no room for it
-        try:
-            self._save(vi)
-        except DiskFull as exc:
-            self.disk_full = exc
-            if not self.tolerate_full_disk:
-                raise
-            if full is None:
-                log.error("%s; the index is kept in memory and saved when there is room", exc)
-            return
-        if full is not None:
-            log.info("saved the vector index: %s has room again", full.mount)
-        self.disk_full = None
-
-    def _save(self, vi: VectorIndex) -> None:
-        """Save ``vi`` as ``vectors.<seq>.faiss``. Its record (this library's id, checksum)
-        commits before the file appears under that name, so no reader finds it unrecorded;
-        then the log is trimmed, and older files and their records go (a reader that mapped
-        one keeps it until it closes)."""
-        folder, name = self.paths.root, file_name(vi.seq)
-        assert self.library_id is not None  # the writer created it on open
-        tmp, record = vi.write_temp(folder, self.library_id)
-        path = folder / name
-        try:
-            path.unlink(missing_ok=True)  # one of the same seq is never paired with this record
-            self._record(name, record)
-            vi.install(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        with self.engine.begin() as conn:
-            meta.set_cache_record(conn, name, record.stamped(path).to_json())
-            changes.trim_log(conn, vi.seq)
-        for seq, old in index_files(folder):
-            if seq != vi.seq:
-                old.unlink(missing_ok=True)
-        with self.engine.begin() as conn:
-            meta.drop_cache_records_except(conn, name)
-
-    # --- reading ------------------------------------------------------------------------------
+        self.cache.catch_up()
 
     def roots(self) -> list[Path]:
         with self.engine.connect() as conn:

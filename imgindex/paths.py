@@ -37,11 +37,6 @@ class LibraryPaths:
         return self.root / DB_NAME
 
     @property
-    def legacy_index(self) -> Path:
-        """The FAISS file of versions before revision 0004 (now ``vectors.<seq>.faiss``)."""
-        return self.root / LEGACY_INDEX_NAME
-
-    @property
     def lock(self) -> Path:
         return self.root / LOCK_NAME
 

@@ -156,7 +156,7 @@ class QueryService:
         )
         size = self.embedder.spec.input_size
         self.embedder.embed(_blank(size))  # the first run is slow (kernels chosen, memory)
-        self.lib.vectors  # noqa: B018 - the index mapped before the first query
+        self.lib.refresh()  # the index mapped and caught up before the first query
 
     def _bind(self) -> socket.socket:
         """Listen on a temporary name, then rename over the final one: clients never see a

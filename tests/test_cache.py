@@ -19,7 +19,6 @@ from helpers import cli, cli_json, run_process
 from imaging import draw, make_photos
 
 from imgindex.db.images import stack_blobs
-from imgindex.db.meta import set_flat_max
 from imgindex.db.schema import images
 from imgindex.library import Library
 from imgindex.vindex import index_files
@@ -165,10 +164,10 @@ def test_check_finds_a_file_that_verifies_but_lacks_an_image(tmp_path):
     """A logically wrong file (as a bug would save it) is caught by content, not checksum."""
     _, data = library(tmp_path, "a", {"red": 0, "blue": 0})
     with Library.open(data, write=True) as lib:
-        vi = lib.vectors
+        vi = lib.cache.load()
         vi.remove(vi.ids()[:1])
         vi.path = None  # saved again at the same position: recorded, but one image short
-        lib.save_index()
+        lib.cache.save()
     report = cli(data, "check", code=1).stdout
     assert "lacks 1 indexed images" in report
     assert cli_json(data, "check", "--repair")["ok"]
@@ -180,11 +179,9 @@ def test_check_compares_an_ivf_file_with_the_stored_vectors(tmp_path):
     photos, data = tmp_path / "photos", tmp_path / "data"
     photos.mkdir()
     cli(data, "init", photos, "--model", "thumbnail")
-    with Library.open(data) as lib, lib.engine.begin() as conn:
-        set_flat_max(conn, 500)
     add_vectors(data, 1200)
-    with Library.open(data, write=True) as lib:
-        assert lib.vectors.kind.startswith("ivf")  # built and saved
+    with Library.open(data, write=True, flat_max=500) as lib:
+        assert lib.cache.load().kind.startswith("ivf")  # built and saved
     assert cli_json(data, "check")["ok"]
     other = np.zeros(DIM, np.float32)
     other[0] = 1.0

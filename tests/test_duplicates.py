@@ -16,7 +16,6 @@ from helpers import cli, cli_json
 from imaging import draw
 from PIL import ImageOps
 
-from imgindex.db.meta import set_flat_max
 from imgindex.db.schema import images
 from imgindex.duplicates import (
     DEFAULT_MAX_DISTANCE,
@@ -194,7 +193,7 @@ def test_phash_pairs_match_brute_force(max_distance):
 
 
 def test_vector_tier_through_an_ivf_index_finds_every_pair_above_the_threshold(tmp_path):
-    """Past ``index.flat_max`` the FAISS index is approximate (IVF-SQ4): candidates are
+    """Past ``flat_max`` vectors the FAISS index is approximate (IVF-SQ4): candidates are
     re-scored with the stored vectors, so pairs just above the threshold are found and pairs
     just below are not."""
     data, dim = tmp_path / "data", 192
@@ -213,7 +212,6 @@ def test_vector_tier_through_an_ivf_index_finds_every_pair_above_the_threshold(t
     # unrelated uniform pHashes (no pair within 4 bits), the sign bit set in about half of them
     ph = rng.integers(-(2**63), 2**63 - 1, len(x), dtype=np.int64)
     with Library.open(data) as lib, lib.engine.begin() as conn:
-        set_flat_max(conn, 500)
         conn.execute(
             images.insert(),
             [
@@ -231,14 +229,14 @@ def test_vector_tier_through_an_ivf_index_finds_every_pair_above_the_threshold(t
                 for i, v in enumerate(x)
             ],
         )
-    with Library.open(data, write=True) as lib:
-        assert lib.vectors.approximate  # built and saved as IVF
+    with Library.open(data, write=True, flat_max=500) as lib:
+        assert lib.cache.load().approximate  # built and saved as IVF
     i, j = np.triu_indices(len(x), 1)
     sims = (x @ x.T)[i, j]
     above = sims >= DEFAULT_THRESHOLD
     want = {frozenset((f"{a}.jpg", f"{b}.jpg")) for a, b in zip(i[above], j[above], strict=True)}
     with Library.open(data) as lib:  # a reader: the memory-mapped IVF file
-        assert lib.vectors.approximate
+        assert lib.cache.current().approximate
         groups = find_duplicates(lib)
     got = {frozenset(Path(m.path).name for m in g.members) for g in groups}
     assert got == want and len(want) == 60

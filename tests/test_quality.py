@@ -13,7 +13,6 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score
 
 from imgindex.db.images import iter_vectors, vectors_for
-from imgindex.db.meta import set_flat_max
 from imgindex.library import Library
 
 pytestmark = pytest.mark.slow
@@ -92,8 +91,9 @@ def test_caltech_similar_precision_at_10(caltech):
     paths, vecs = _vectors(caltech)
     labels = np.array([Path(p).parent.name for p in paths])
     with Library.open(caltech) as lib:
-        _scores, ids = lib.vectors.search(vecs, 11)
-        order = {int(i): n for n, i in enumerate(sorted(lib.vectors.ids().tolist()))}
+        vi = lib.cache.current()
+        _scores, ids = vi.search(vecs, 11)
+        order = {int(i): n for n, i in enumerate(sorted(vi.ids().tolist()))}
     hits = []
     for row, neighbour_ids in enumerate(ids):
         others = [order[int(i)] for i in neighbour_ids if order[int(i)] != row][:10]
@@ -119,7 +119,7 @@ def _precision_at_10(data: Path, paths: list[str], labels: np.ndarray) -> float:
 
 
 def test_caltech_compressed_ivf_index_keeps_precision(caltech, tmp_path):
-    """The IVF-SQ4 index used past ``index.flat_max`` (forced here at 1,286 photos) loses at
+    """The IVF-SQ4 index used past ``flat_max`` vectors (forced here at 1,286 photos) loses at
     most 0.01 of precision@10 against exact search, on real vectors."""
     import shutil
 
@@ -128,11 +128,9 @@ def test_caltech_compressed_ivf_index_keeps_precision(caltech, tmp_path):
     exact = _precision_at_10(caltech, paths, labels)
     data = tmp_path / "data"
     shutil.copytree(caltech, data)
-    with Library.open(data, write=True) as lib:
-        with lib.engine.begin() as conn:
-            set_flat_max(conn, 500)
-        assert lib.maybe_rebuild() and lib.vectors.approximate
-        kind = lib.vectors.kind
+    with Library.open(data, write=True, flat_max=500) as lib:
+        assert lib.cache.maybe_rebuild() and lib.cache.index.approximate
+        kind = lib.cache.index.kind
     compressed = _precision_at_10(data, paths, labels)
     print(f"precision@10: exact {exact:.3f}, {kind} {compressed:.3f}")
     assert compressed >= exact - 0.01

@@ -14,13 +14,13 @@ from sqlalchemy import delete
 
 from imgindex.db.changes import log_position, logged_since
 from imgindex.db.images import stack_blobs
-from imgindex.db.meta import set_flat_max
 from imgindex.db.schema import images
 from imgindex.ingest import Ingestor
 from imgindex.library import Library
 from imgindex.vindex import index_files
 
 DIM = 192  # the thumbnail model's
+FLAT_MAX = 500  # the writer's index is IVF from this many vectors on (in production 32,768)
 
 
 def add_vectors(data: Path, x: np.ndarray) -> np.ndarray:
@@ -67,13 +67,16 @@ def clustered(n: int, seed: int) -> np.ndarray:
 
 @pytest.fixture()
 def synthetic(tmp_path: Path) -> Path:
-    """A thumbnail-model library whose IVF threshold is 500 vectors."""
+    """An empty thumbnail-model library (opened for writing by ``open_writer``)."""
     data = tmp_path / "data"
     (tmp_path / "photos").mkdir()
     cli(data, "init", tmp_path / "photos", "--model", "thumbnail")
-    with Library.open(data) as lib, lib.engine.begin() as conn:
-        set_flat_max(conn, 500)
     return data
+
+
+def open_writer(data: Path) -> Library:
+    """The library opened for writing, its index IVF past ``FLAT_MAX`` vectors."""
+    return Library.open(data, write=True, flat_max=FLAT_MAX)
 
 
 def exact_top(data: Path, q: np.ndarray, k: int) -> list[str]:
@@ -87,10 +90,11 @@ def exact_top(data: Path, q: np.ndarray, k: int) -> list[str]:
 def test_past_flat_max_the_index_is_ivf_and_still_finds_the_exact_neighbours(synthetic):
     x = clustered(3000, 1)
     add_vectors(synthetic, x)
-    with Library.open(synthetic, write=True) as lib:
-        assert lib.vectors.approximate and lib.vectors.kind.startswith("ivf")
+    with open_writer(synthetic) as lib:
+        vi = lib.cache.load()
+        assert vi.approximate and vi.kind.startswith("ivf")
     with Library.open(synthetic) as lib:  # a reader: the saved file, memory-mapped
-        vi = lib.vectors
+        vi = lib.cache.current()
         assert vi.read_only and vi.approximate and vi.size == 3000
         recall = []
         for q in x[:60]:
@@ -104,70 +108,71 @@ def test_past_flat_max_the_index_is_ivf_and_still_finds_the_exact_neighbours(syn
 
 def test_reader_overlays_what_the_writer_has_not_saved(synthetic):
     ids = add_vectors(synthetic, clustered(1000, 2))
-    with Library.open(synthetic, write=True) as lib:
-        lib.vectors  # noqa: B018 - builds and saves the IVF file
+    with open_writer(synthetic) as lib:
+        lib.cache.load()  # builds and saves the IVF file
     saved = sorted(index_files(synthetic))
     new = clustered(20, 3) * -1  # far from everything else
-    with Library.open(synthetic, write=True) as writer:
-        writer.vectors  # noqa: B018
+    with open_writer(synthetic) as writer:
+        writer.cache.load()
         with writer.engine.begin() as conn:
             conn.execute(delete(images).where(images.c.id.in_(ids[:100].tolist())))
-        writer.sync_index()
+        writer.cache.catch_up()
         add_vectors(synthetic, new)  # another connection: the writer's index replays the log
-        writer.sync_index()
-        assert writer.vectors.size == 920
+        writer.cache.catch_up()
+        assert writer.cache.index.size == 920
         assert sorted(index_files(synthetic)) == saved  # nothing saved yet
         with Library.open(synthetic) as reader:
-            vi = reader.vectors
+            vi = reader.cache.current()
             assert vi.read_only and vi.size == 920
             assert not set(ids[:100]) & set(vi.ids().tolist())
             top = reader.search(new[0], 5)
             assert top[0].score == pytest.approx(1.0, abs=1e-5)
             assert [m.path for m in top] == exact_top(synthetic, new[0], 5)
-        writer.save_index()
+        writer.cache.save()
     ((seq, _),) = index_files(synthetic)
     with Library.open(synthetic) as lib, lib.engine.connect() as conn:
         assert seq == log_position(conn)[0]
         assert len(logged_since(conn, 0)) == 0  # the saved changes left the log
-        assert lib.vectors.size == 920
+        assert lib.cache.current().size == 920
 
 
 def test_a_long_lived_reader_follows_saves_and_log_trims(synthetic):
     add_vectors(synthetic, clustered(800, 4))
-    with Library.open(synthetic, write=True) as lib:
-        lib.vectors  # noqa: B018
+    with open_writer(synthetic) as lib:
+        lib.cache.load()
     reader = Library.open(synthetic)
     try:
-        assert reader.vectors.size == 800
+        assert reader.cache.current().size == 800
         fresh = clustered(10, 5) * -1
         add_vectors(synthetic, fresh)
         reader.refresh()  # overlay from the log
-        assert reader.vectors.size == 810
+        assert reader.cache.current().size == 810
         assert reader.search(fresh[3], 1)[0].score == pytest.approx(1.0, abs=1e-5)
-        with Library.open(synthetic, write=True) as writer:
-            writer.vectors  # noqa: B018 - replays and saves, trimming the log
+        with open_writer(synthetic) as writer:
+            writer.cache.load()  # replays and saves, trimming the log
         add_vectors(synthetic, clustered(5, 6) * -1)
         reader.refresh()  # its file is gone and the log trimmed: maps the newest file
-        assert reader.vectors.size == 815
+        assert reader.cache.current().size == 815
     finally:
         reader.close()
 
 
 def test_the_index_is_rebuilt_as_the_library_grows_and_shrinks(synthetic):
     ids = add_vectors(synthetic, clustered(600, 7))
-    with Library.open(synthetic, write=True) as lib:
-        first = lib.vectors.ivf.nlist
+    with open_writer(synthetic) as lib:
+        first = lib.cache.load().ivf.nlist
     add_vectors(synthetic, clustered(4000, 8))
-    with Library.open(synthetic, write=True) as lib:
-        assert lib.vectors.ivf.nlist == first  # replayed, not rebuilt, on open
-        assert lib.maybe_rebuild() and lib.vectors.ivf.nlist >= 2 * first
+    with open_writer(synthetic) as lib:
+        assert lib.cache.load().ivf.nlist == first  # replayed, not rebuilt, on open
+        assert lib.cache.maybe_rebuild() and lib.cache.index.ivf.nlist >= 2 * first
         with lib.engine.begin() as conn:
             conn.execute(delete(images).where(images.c.id >= int(ids[0]) + 100))
-        lib.sync_index()
-        assert lib.maybe_rebuild() and not lib.vectors.approximate  # back to exact, 100 left
-        lib.save_index()
+        lib.cache.catch_up()
+        assert lib.cache.maybe_rebuild() and not lib.cache.index.approximate  # exact: 100 left
+        lib.cache.save()
     with Library.open(synthetic) as lib:
-        assert lib.vectors.size == 100 and not lib.vectors.approximate
+        vi = lib.cache.current()
+        assert vi.size == 100 and not vi.approximate
 
 
 def test_the_daemon_path_keeps_the_file_and_the_log_in_step(tmp_path):
@@ -192,14 +197,15 @@ def test_a_reader_never_writes_the_cache(synthetic):
     built in memory; only a writer saves one, of the kind the size calls for."""
     add_vectors(synthetic, clustered(900, 9))
     with Library.open(synthetic) as reader:
-        assert reader.vectors.size == 900 and not reader.vectors.read_only
+        vi = reader.cache.current()
+        assert vi.size == 900 and not vi.read_only
     assert cli_json(synthetic, "status")["index_size"] == 900
     assert list(index_files(synthetic)) == [] and not list(synthetic.glob(".vectors.*"))
-    with Library.open(synthetic, write=True) as writer:
-        writer.vectors  # noqa: B018 - builds and saves it
+    with open_writer(synthetic) as writer:
+        writer.cache.load()  # builds and saves it
     ((seq, _),) = index_files(synthetic)
     with Library.open(synthetic) as reader:
-        vi = reader.vectors
+        vi = reader.cache.current()
         assert vi.read_only and vi.approximate and vi.base_seq == seq and vi.size == 900
 
 
@@ -207,13 +213,15 @@ def test_a_reader_searching_in_memory_maps_the_writers_next_file(synthetic):
     add_vectors(synthetic, clustered(300, 10))
     reader = Library.open(synthetic)  # a long-lived one, as the daemon's query service
     try:
-        assert not reader.vectors.read_only  # no file: built in memory
+        assert not reader.cache.current().read_only  # no file: built in memory
         add_vectors(synthetic, clustered(5, 11))
         reader.refresh()
-        assert reader.vectors.size == 305 and not reader.vectors.read_only  # replayed
-        with Library.open(synthetic, write=True) as writer:
-            writer.vectors  # noqa: B018 - saves a file
+        vi = reader.cache.current()
+        assert vi.size == 305 and not vi.read_only  # replayed
+        with open_writer(synthetic) as writer:
+            writer.cache.load()  # saves a file
         reader.refresh()
-        assert reader.vectors.read_only and reader.vectors.size == 305
+        vi = reader.cache.current()
+        assert vi.read_only and vi.size == 305
     finally:
         reader.close()

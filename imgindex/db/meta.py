@@ -26,13 +26,14 @@ _MOUNT_POINTS = "mount_points"  # JSON list of sub-folders of roots seen as moun
 _DAEMON_STATUS = "status.daemon"  # JSON: what the running daemon publishes for `status`
 _DAEMON_PREFIX = "daemon."  # daemon.<name>: the daemon's settings, as the user wrote them
 _CACHE_PREFIX = "cache."  # cache.<file name>: an index file's record (JSON)
-_FLAT_MAX = "index.flat_max"  # past this many vectors the FAISS index is IVF
 _LOG_TRIMMED = "index_log_trimmed"  # index_log rows up to this seq were deleted
 _CLUSTER_N_STEPS = "cluster_n_steps"  # MiniBatchKMeans state
 _CLUSTER_SINCE_REASSIGN = "cluster_since_reassign"
 _CLUSTER_CONSOLIDATED_AT = "cluster_consolidated_at"  # library size at the last consolidation
 _CLUSTER_NEXT_ID = "cluster_next_id"  # the next new cluster's id
 _CLUSTER_AUTO_K = "cluster_auto_k"  # JSON: the last choice of k by silhouette
+# older libraries may hold "index.flat_max" (tests wrote it); it is ignored: the IVF threshold
+# is ``VectorCache(flat_max=...)``, passed through ``Library.open``
 
 
 def _get(conn: Connection, key: str) -> str | None:
@@ -170,15 +171,6 @@ def drop_cache_records_except(conn: Connection, file_name: str) -> None:
             meta.c.key.like(_CACHE_PREFIX + "vectors.%"), meta.c.key != _CACHE_PREFIX + file_name
         )
     )
-
-
-def flat_max(conn: Connection, default: int) -> int:
-    """Past this many vectors the FAISS index is IVF (``default`` unless set)."""
-    return int(_get(conn, _FLAT_MAX) or default)
-
-
-def set_flat_max(conn: Connection, count: int) -> None:
-    _set(conn, _FLAT_MAX, count)
 
 
 def log_trimmed(conn: Connection) -> int:
