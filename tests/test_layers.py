@@ -16,6 +16,10 @@ A module may import from its own layer or any below it. Imports inside functions
 are lazy, not absent); imports under ``if TYPE_CHECKING:`` do not (they never run). Importing
 ``imgindex.a.b`` is an edge to ``imgindex.a.b`` only: the package ``__init__`` that Python runs
 first is not counted. A new module must be given a layer here.
+
+No module reaches into another object's private attributes (``x._name`` where ``x`` is not
+``self`` or ``cls``) or imports another module's private names, except where
+``REACHING_IN_ALLOWED`` says why.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import ast
 import fnmatch
 import graphlib
+import itertools
 from pathlib import Path
 
 import imgindex
@@ -80,6 +85,13 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("cli", ["imgindex.cli"]),
     ("entry point", ["imgindex.__main__"]),
 ]
+
+#: (module, receiver) -> why that module may read the receiver's private attributes.
+REACHING_IN_ALLOWED = {
+    ("imgindex.cluster", "km"): "scikit-learn's MiniBatchKMeans: resuming a fit has no public API",
+    ("imgindex.library", "lib"): "Library's classmethods set up the instance they build",
+    ("imgindex.models.efficientnet", "net"): "the third-party EfficientNet's classifier layer",
+}
 
 Edges = dict[tuple[str, str], str]  # (importer, imported) -> where, "path:line"
 
@@ -185,7 +197,7 @@ def cycles(edges: Edges) -> list[list[str]]:
 
 def describe(cycle: list[str], edges: Edges) -> str:
     steps = [cycle[0]]
-    for src, dst in zip(cycle, cycle[1:], strict=False):
+    for src, dst in itertools.pairwise(cycle):
         steps.append(f"-> {dst} ({edges[src, dst]})")
     return " ".join(steps)
 
@@ -221,3 +233,23 @@ def test_the_graph_sees_what_the_package_imports():
     assert ("imgindex.models", "imgindex.models.thumbnail") in edges  # inside load_embedder
     assert not any(dst in ("imgindex.typing", "") for _, dst in edges)
     assert all(src.startswith("imgindex") and dst.startswith("imgindex") for src, dst in edges)
+
+
+def test_no_module_reaches_into_private_attributes():
+    """The daemon once took the ingestor's ``_embedder``; owners now pass things in."""
+    found = []
+    for name, path in modules().items():
+        where = path.relative_to(PACKAGE.parent)
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute) and _private(node.attr):
+                receiver = ast.unparse(node.value)
+                if receiver not in ("self", "cls") and (name, receiver) not in REACHING_IN_ALLOWED:
+                    found.append(f"{where}:{node.lineno}: {ast.unparse(node)}")
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("imgindex"):
+                private = [a.name for a in node.names if _private(a.name)]
+                found += [f"{where}:{node.lineno}: imports {node.module}.{n}" for n in private]
+    assert not found, "private attributes used from outside:\n" + "\n".join(found)
+
+
+def _private(attr: str) -> bool:
+    return attr.startswith("_") and not attr.startswith("__")
