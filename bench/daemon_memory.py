@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from freshness import photos, wait_until
 from query import build
 
+from imgindex.client import ask_similar
 from imgindex.library import Library
 from imgindex.paths import LibraryPaths
-from imgindex.service import ask_similar
 
 
 def mem(pid: int) -> dict[str, float]:

@@ -22,9 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from imgindex.client import ask_similar, ping
 from imgindex.library import Library
 from imgindex.paths import LibraryPaths
-from imgindex.service import ask_similar, ping
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "caltech-dev"
 

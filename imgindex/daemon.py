@@ -30,6 +30,7 @@ from imgindex.errors import ImgIndexError
 from imgindex.fsafe import root_available, root_of
 from imgindex.ingest import CHECKPOINT_S, Ingestor
 from imgindex.library import Library
+from imgindex.models import Embedder, load_embedder
 from imgindex.names import shown
 from imgindex.notify import Notifier
 from imgindex.scan import is_ignored
@@ -111,6 +112,7 @@ class Daemon:
         self._dirty = False
         self._cut_short = False  # the ingestor stopped a pass early (SIGTERM)
         self._config_version = 0
+        self.embedder: Embedder | None = None  # the one model, loaded after READY
         self.service: QueryService | None = None
         self.view = ViewKeeper()  # the cluster view in settings.view_dir, when set
 
@@ -131,6 +133,7 @@ class Daemon:
             threading.Thread(target=self._keepalive, name="watchdog-ping", daemon=True).start()
             self.notifier.ready(self._status_line())
             log.info("ready: %s", self._status_line())
+            self._load_model()
             self._start_service()
             self.rescan()
             while not self.stop_requested:
@@ -147,10 +150,28 @@ class Daemon:
         log.info("stopped")
         return 0
 
+    def _load_model(self) -> None:
+        """Load the library's model once; the ingest loop (a new Ingestor) and the query
+        service share it.
+
+        After READY (a download may take minutes). On failure no query service is offered and
+        the ingest loop tries again with each batch, as ``imgindex index`` does (the files
+        fail with the reason)."""
+        try:
+            self.embedder = load_embedder(
+                self.lib.model, weights=self.weights, cache_dir=self.lib.paths.weights
+            )
+        except Exception as exc:  # never take the daemon down
+            log.warning("similar-photo queries are not served by the daemon: %s", exc)
+            return
+        self.ingestor = self._new_ingestor()
+
     def _start_service(self) -> None:
         """Answer `imgindex similar` for photos outside the library (optional: on failure the
         CLI embeds them itself)."""
-        service = QueryService(self.data_dir, self.weights)
+        if self.embedder is None:
+            return  # the model did not load (logged)
+        service = QueryService(self.data_dir, self.embedder)
         try:
             service.start()
         except Exception as exc:
@@ -174,19 +195,24 @@ class Daemon:
         with self.lib.engine.connect() as conn:
             self._config_version = meta.config_version(conn)
             self.roots = root_paths(conn)
-        self.ingestor = Ingestor(
+        self.ingestor = self._new_ingestor()
+        self._schedule_rescan()
+        self.view.verify = True  # view_dir may be new: check it entry by entry
+
+    def _new_ingestor(self) -> Ingestor:
+        """An Ingestor with the current settings and the daemon's model (None before it is
+        loaded, or when it cannot be: the Ingestor then loads it itself when it needs it)."""
+        return Ingestor(
             self.lib,
             batch_size=self.settings.batch_size,
             workers=self.workers,
             weights=self.weights,
-            embedder=getattr(self, "ingestor", None) and self.ingestor._embedder,
+            embedder=self.embedder,
             progress=lambda _n: self._heartbeat(),
             should_stop=self._stopping,
             deferred=self._deferred,
             checkpoint_s=self.timings.checkpoint,
         )
-        self._schedule_rescan()
-        self.view.verify = True  # view_dir may be new: check it entry by entry
 
     # --- the loop -------------------------------------------------------------------------
 

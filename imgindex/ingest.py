@@ -33,7 +33,7 @@ from imgindex.decode import DEFAULT_MAX_PIXELS, decode_for_model
 from imgindex.errors import DecodeFailure, NotInLibrary
 from imgindex.fsafe import is_under, root_available, root_of
 from imgindex.library import Library
-from imgindex.models import get_spec
+from imgindex.models import Embedder, get_spec
 from imgindex.scan import FileStat, Unseen, is_candidate, vanished, walk
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class Ingestor:
         workers: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         weights: Path | None = None,
-        embedder: Any = None,
+        embedder: Embedder | None = None,
         progress: Callable[[int], None] | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         deferred: Callable[[], Collection[str]] | None = None,
@@ -348,7 +348,7 @@ class Ingestor:
     def _embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         return self._load_embedder().embed(pixels)
 
-    def _load_embedder(self) -> Any:
+    def _load_embedder(self) -> Embedder:
         if self._embedder is None:
             from imgindex.models import load_embedder
 

@@ -1,5 +1,5 @@
 """``imgindex similar``: a stored vector when the photo is indexed (no torch); else the running
-daemon embeds it (model already loaded, see ``imgindex.service``); else embed it here."""
+daemon embeds it (model already loaded; asked through ``imgindex.client``); else embed it here."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from imgindex.client import ask_similar
 from imgindex.errors import DecodeFailure, ImgIndexError
 from imgindex.library import Library, Match
-from imgindex.service import ask_similar
 
 if TYPE_CHECKING:
     import numpy as np

@@ -1,15 +1,6 @@
 """The daemon answers ``imgindex similar`` for photos outside the library over a Unix socket,
-so the model is loaded once instead of in every CLI process.
-
-Protocol, one request per connection: a JSON line, then ``size`` raw bytes (the photo: the
-client reads it, so the daemon needs no access to the caller's files or /tmp), then one JSON
-line back.
-
-    {"op": "similar", "path": "/abs/photo.jpg", "k": 10, "size": N} + N bytes
-        -> {"matches": [{"path": ..., "score": ..., "cluster": ...}]} or {"error": "..."}
-    {"op": "ping"} -> {"ok": true, "model": "efficientnet_lite0"}
-
-The client half (``ask_similar``, ``ping``) imports neither torch nor the decoder.
+so the model is loaded once instead of in every CLI process: this is the server, which the
+daemon runs with the model it loaded; the client and the protocol are ``imgindex.client``.
 """
 
 from __future__ import annotations
@@ -21,94 +12,35 @@ import logging
 import os
 import socket
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
+from imgindex.client import MAX_LINE, MAX_PHOTO_BYTES, ping
 from imgindex.errors import ImgIndexError
 from imgindex.library import Library, Match
+from imgindex.models import Embedder
 from imgindex.paths import LibraryPaths
+from imgindex.query import decode_photo
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT_S = 0.2  # no answer this fast: no daemon (the caller works locally)
 ACCEPT_TIMEOUT_S = 0.5  # how fast the server notices stop()
 READ_TIMEOUT_S = 10.0  # a client that stops sending is dropped after this long
-MAX_LINE = 64 * 1024
-MAX_PHOTO_BYTES = 512 * 1024 * 1024  # larger photos are embedded by the CLI itself
 SOCKET_MODE = 0o660  # like the library's files: whoever may read the database may ask
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes with the NUL
-
-
-# --- client ------------------------------------------------------------------------------------
-
-
-def ask_similar(
-    paths: LibraryPaths, photo: Path, k: int, timeout: float = 30.0
-) -> list[Match] | None:
-    """The daemon's ``k`` nearest images to ``photo``; None when no daemon answers.
-
-    Raises ImgIndexError with the daemon's message when it answers with an error (a photo
-    that does not decode)."""
-    try:
-        data = photo.read_bytes()
-    except OSError:
-        return None  # the local path reports why
-    if len(data) > MAX_PHOTO_BYTES:
-        return None
-    started = time.perf_counter()
-    head = {"op": "similar", "path": str(photo), "k": k, "size": len(data)}
-    reply = _ask(paths.socket, head, data, timeout)
-    if reply is None:
-        return None
-    if "error" in reply:
-        raise ImgIndexError(str(reply["error"]))
-    log.info("answered by the daemon in %.0f ms", 1000 * (time.perf_counter() - started))
-    return [Match(m["path"], float(m["score"]), m["cluster"]) for m in reply.get("matches", [])]
-
-
-def ping(paths: LibraryPaths, timeout: float = 5.0) -> dict[str, Any] | None:
-    """The daemon's ``{"ok": true, "model": ...}``, or None when none answers."""
-    return _ask(paths.socket, {"op": "ping"}, b"", timeout)
-
-
-def _ask(
-    sock_path: Path, head: dict[str, Any], body: bytes, timeout: float
-) -> dict[str, Any] | None:
-    """One round trip; None when nobody answers or the answer is cut short."""
-    if not sock_path.exists():
-        return None
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        try:
-            sock.settimeout(CONNECT_TIMEOUT_S)
-            sock.connect(str(sock_path))
-        except OSError:  # refused (a stale socket), path too long, not allowed, too slow
-            return None
-        try:
-            sock.settimeout(timeout)
-            sock.sendall(json.dumps(head).encode() + b"\n" + body)
-            sock.shutdown(socket.SHUT_WR)
-            with sock.makefile("rb") as reader:
-                reply = json.loads(reader.readline())
-        except (OSError, ValueError) as exc:
-            log.warning("the daemon did not answer (%s); embedding here instead", exc)
-            return None
-    return reply if isinstance(reply, dict) else None
-
-
-# --- server ------------------------------------------------------------------------------------
 
 
 class QueryService:
     """A thread of the daemon that embeds photos and searches the library for clients.
 
-    It has its own read-only Library and embedder: nothing is shared with the ingest loop.
-    ``start`` raises ImgIndexError when the service cannot be offered here; a model that fails
-    to load is logged by the thread, which then stops (clients embed locally)."""
+    It has its own read-only Library; the embedder is the daemon's, shared with its ingest
+    loop (a loaded model keeps no state between calls). ``start`` raises ImgIndexError when the
+    service cannot be offered here; a library that fails to open is logged by the thread, which
+    then stops (clients embed locally)."""
 
-    def __init__(self, data_dir: Path, weights: Path | None = None) -> None:
+    def __init__(self, data_dir: Path, embedder: Embedder) -> None:
         self.paths = LibraryPaths(data_dir)
-        self.weights = weights
+        self.embedder = embedder
         self.ready = threading.Event()  # set once the socket answers
         self._stop = threading.Event()
         self._listener: socket.socket | None = None
@@ -148,12 +80,7 @@ class QueryService:
             self._close()
 
     def _load(self) -> None:
-        from imgindex.models import load_embedder
-
         self.lib = Library.open(self.paths.root)
-        self.embedder = load_embedder(
-            self.lib.model, weights=self.weights, cache_dir=self.lib.paths.weights, progress=False
-        )
         size = self.embedder.spec.input_size
         self.embedder.embed(_blank(size))  # the first run is slow (kernels chosen, memory)
         self.lib.refresh()  # the index mapped and caught up before the first query
@@ -236,8 +163,6 @@ class QueryService:
         return {"matches": [dataclasses.asdict(m) for m in matches]}
 
     def _similar(self, path: str, data: bytes, k: int) -> list[Match]:
-        from imgindex.query import decode_photo
-
         img = decode_photo(path, data, self.lib.model)
         vector = self.embedder.embed(img.pixels[None])[0]
         self.lib.refresh()  # caught up with what the daemon's writer committed since

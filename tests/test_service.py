@@ -14,8 +14,10 @@ from daemon_helpers import DaemonProcess, settled, wait_for
 from helpers import cli, cli_json, run_process
 from imaging import make_photos
 
+from imgindex.client import ask_similar, ping
+from imgindex.models import load_embedder
 from imgindex.paths import LibraryPaths
-from imgindex.service import QueryService, ask_similar, ping
+from imgindex.service import QueryService
 
 # The CLI in a fresh interpreter; prints which embedding modules the process itself imported.
 PROBE = """
@@ -106,7 +108,7 @@ def test_the_service_in_process_replaces_a_stale_socket_and_cleans_up(lib, tmp_p
     cli(data, "index")
     paths = LibraryPaths(data)
     paths.socket.write_text("left behind")
-    service = QueryService(data)
+    service = QueryService(data, load_embedder("thumbnail"))
     service.start()
     try:
         assert service.ready.wait(30)
@@ -136,7 +138,7 @@ def test_a_socket_path_too_long_is_not_offered_and_nothing_breaks(tmp_path):
     make_photos(photos, "red", 3)
     cli(data, "init", photos, "--model", "thumbnail", "--k", "1")
     with pytest.raises(Exception, match="AF_UNIX"):
-        QueryService(data).start()
+        QueryService(data, load_embedder("thumbnail")).start()
     with DaemonProcess(data) as d:
         wait_for(lambda: settled(data, 3), 30)
         outside = make_photos(tmp_path / "q", "red", 1, start=9)[0]

@@ -2,28 +2,26 @@
 
 This module must stay cheap: it never imports torch or torchvision (query paths import it to
 learn a model's dimension). ``load_embedder`` imports the torch-backed modules lazily; the
-``thumbnail`` model needs no torch at all.
+``thumbnail`` model needs no torch at all. ``ModelSpec`` and ``Embedder`` are defined in
+``imgindex.models.spec``, which the implementations import (they never import this module).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
-
-import numpy as np
 
 from imgindex.errors import UnknownModel
+from imgindex.models.spec import Embedder, ModelSpec
 
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What a caller needs to know about a model without loading it."""
-
-    name: str  # e.g. "efficientnet_lite0"
-    dim: int  # embedding dimension
-    input_size: int  # square input side the model expects
-    description: str
+__all__ = [
+    "DEFAULT_MODEL",
+    "Embedder",
+    "ModelSpec",
+    "available_models",
+    "get_spec",
+    "imagenet_label",
+    "load_embedder",
+]
 
 
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -48,21 +46,6 @@ _SPECS: tuple[ModelSpec, ...] = (
     ),
 )
 _BY_NAME = {spec.name: spec for spec in _SPECS}
-
-
-class Embedder(Protocol):
-    """A loaded model. Inputs are uint8 (N, S, S, 3) RGB with S = ``spec.input_size``."""
-
-    spec: ModelSpec
-    device: str  # "cpu" or "cuda"
-
-    def embed(self, pixels: np.ndarray) -> np.ndarray:
-        """float32 (N, dim), each row L2-normalised (cosine similarity = inner product)."""
-        ...
-
-    def classify(self, pixels: np.ndarray) -> np.ndarray:
-        """float32 (N, 1000) ImageNet logits from the model's classifier head."""
-        ...
 
 
 def available_models() -> list[ModelSpec]:

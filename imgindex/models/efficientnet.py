@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from imgindex.errors import ImgIndexError, WeightsUnavailable
-from imgindex.models import ModelSpec
 from imgindex.models.runtime import TorchEmbedder, load_weights, pick_device
+from imgindex.models.spec import ModelSpec
 
 _ARCH = "efficientnet-lite0"
 _SCALE = (127.5, 127.5, 127.5)  # (x - 127.5) / 127.5 on 0..255, not ImageNet mean/std

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from imgindex.errors import ImgIndexError, WeightsUnavailable
-from imgindex.models import ModelSpec
+from imgindex.models.spec import ModelSpec
 
 
 def pick_device(device: str | None) -> str:

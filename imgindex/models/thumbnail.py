@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from imgindex.models import ModelSpec
+from imgindex.models.spec import ModelSpec
 
 GRID = 8
 

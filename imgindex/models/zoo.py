@@ -13,8 +13,8 @@ from pathlib import Path
 from torch import nn
 
 from imgindex.errors import UnknownModel
-from imgindex.models import ModelSpec
 from imgindex.models.runtime import TorchEmbedder, load_weights, pick_device
+from imgindex.models.spec import ModelSpec
 from imgindex.models.weights import cached_download
 
 # name -> (attribute holding the classifier, index where the head starts; None = all of it)
