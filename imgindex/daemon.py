@@ -312,7 +312,9 @@ class Daemon:
         or linked in (watchdog reports a moved-in folder's files as created) sees none. So a
         creation waits only the short quiet period, a write waits for the close (up to
         ``write_timeout``), and the close brings it back to the short quiet period."""
-        if kind == "created" or self.watcher.modes.get(self._root(path), "").startswith("polling"):
+        root = self._root(path)
+        mode = self.watcher.modes.get(root, "") if root is not None else ""
+        if kind == "created" or mode.startswith("polling"):
             return self.settings.debounce  # no close events when polling
         try:
             age = now - os.stat(path).st_mtime
