@@ -30,9 +30,9 @@ import graphlib
 import itertools
 from pathlib import Path
 
-import imgindex
-
-PACKAGE = Path(imgindex.__file__).parent
+#: The package's source in this checkout (an installed copy also holds the Alembic migrations,
+#: shipped as ``imgindex._migrations``, which are scripts Alembic loads, not modules we import).
+PACKAGE = Path(__file__).resolve().parents[1] / "imgindex"
 
 #: Bottom to top: (name, module patterns). ``imgindex.cache`` (the FAISS cache, when it has a
 #: module of its own) belongs with the library.
