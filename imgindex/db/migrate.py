@@ -58,13 +58,20 @@ def backup(db_path: Path, revision: str) -> Path:
     return dest
 
 
-def upgrade(engine: Engine, db_path: Path, target: str = "head") -> None:
-    """Upgrade the database to ``target``, backing it up first when it holds data."""
+def upgrade(engine: Engine, db_path: Path | None, target: str = "head") -> None:
+    """Upgrade the database to ``target``, backing a SQLite file (at ``db_path``) up first
+    when it holds data. A PostgreSQL server runs the whole upgrade in one transaction (its DDL
+    is transactional): a failed upgrade leaves nothing changed, so no copy is made."""
     from alembic import command
     from alembic.config import Config
 
     rev = current_revision(engine)
-    if rev is not None and target != rev:
+    if (
+        rev is not None
+        and target != rev
+        and db_path is not None
+        and engine.dialect.name == "sqlite"
+    ):
         log.info("backed up the database to %s before migrating", backup(db_path, rev))
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
