@@ -12,10 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
 from pg import postgres_server  # noqa: F401  (a fixture)
 from sqlalchemy import Engine
+from sqlalchemy.exc import DatabaseError
 
 from imgindex import names
 from imgindex.db import changes, clusters, images, meta, migrate, queue, roots
@@ -62,6 +65,36 @@ def test_migrations_build_the_schema_the_code_queries(engine):
         assert integrity_problems(conn) == []
 
 
+def test_migrations_go_down_and_up_again(engine):
+    """Downgrading past revision 0004 drops its triggers (and, on PostgreSQL, their function);
+    upgrading again puts them back."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrate.migrations_dir()))
+    for target, step in (("0003", command.downgrade), ("head", command.upgrade)):
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            step(cfg, target)
+    with engine.begin() as conn:
+        rid = roots.add_root(conn, Path("/d"))
+        images.insert_indexed(conn, _row("/d/a.jpg", rid), "m", _vec(0))
+        assert changes.log_head(conn) == 1
+
+
+def test_a_read_only_engine_reads_and_never_writes(engine):
+    with engine.begin() as conn:
+        meta.set_k_setting(conn, "3")
+    url = engine.url
+    db = Path(str(url.database)) if url.get_backend_name() == "sqlite" else url.render_as_string()
+    reader = make_engine(db, read_only=True)
+    try:
+        with reader.connect() as conn:
+            assert meta.k_setting(conn) == "3"
+            with pytest.raises(DatabaseError):
+                meta.set_k_setting(conn, "4")
+    finally:
+        reader.dispose()
+
+
 def test_images_round_trip_with_a_name_that_is_not_utf8(engine):
     odd = names.from_bytes(b"/photos/caf\xe9/\xff.jpg")  # Latin-1 folder and file names
     with engine.begin() as conn:
@@ -96,15 +129,17 @@ def test_moves_and_deletes_keep_ids_and_write_the_changes_log(engine):
         assert images.move_paths(conn, "/p/old", "/p/new", rid) == (1, [])
         images.update_file(conn, a, {"size": 5})  # not the vector: no log row
         assert changes.log_head(conn) == head
+        images.update_file(conn, a, {"vector": images.vector_to_blob(_vec(3))})
+        assert changes.log_head(conn) == head + 1
         images.forget_vectors(conn, [b], "gone", retry_after=9.0)
         images.delete_images(conn, [a])
     with engine.begin() as conn:
         assert images.find_by_path(conn, "/p/new/a.jpg") is None
         assert images.due_for_retry(conn, now=10.0) == ["/p/b.jpg"]
         assert sorted(changes.logged_since(conn, head)) == [a, b]
-        assert changes.log_position(conn) == (4, 0)
+        assert changes.log_position(conn) == (5, 0)
         changes.trim_log(conn, 3)
-        assert changes.log_position(conn) == (4, 3)
+        assert changes.log_position(conn) == (5, 3)
         assert last_autoincrement_id(conn, "images") == b
 
 
