@@ -207,3 +207,49 @@ def test_cluster_state_labels_and_assignments_round_trip(engine):
         assert clusters.label_counts(conn) == [(3, 7, 1)]
         assert images.cluster_assignments(conn) == {img: 3}
         assert [r.path for r in clusters.members(conn, 3)] == ["/c/a.jpg"]
+
+
+def test_every_other_storage_call_runs(engine):
+    """The calls not exercised above, once each: no statement is SQLite-only by accident."""
+    with engine.begin() as conn:
+        rid = roots.add_root(conn, Path("/e"))
+        a = images.insert_indexed(conn, _row("/e/a.jpg", rid, content_hash="h"), "m", _vec(1))
+        images.insert_unindexed(conn, _row("/e/p.jpg", rid), "pending", "busy", None)
+        images.set_clusters(conn, np.array([a]), np.array([1]))
+        assert images.find_indexed_by_hash(conn, "h", "m").id == a
+        assert images.rows_under(conn, rid)["/e/a.jpg"][0] == a
+        assert [r.path for r in images.not_indexed(conn)] == ["/e/p.jpg"]
+        assert [r.id for r in images.indexed_files(conn)] == [a]
+        assert [r.path for r in images.clustered_files(conn)] == ["/e/a.jpg"]
+        assert [r.id for r in images.fingerprints(conn)] == [a]
+        assert images.count_indexed(conn) == 1 and images.indexed_ids(conn).tolist() == [a]
+        assert images.sample_vectors(conn, 5, DIM, seed=0).shape == (1, DIM)
+        assert [i.tolist() for i, _v, _c in images.iter_vectors(conn, DIM)] == [[a]]
+        assert [[r.id for r in rows] for rows in images.iter_stored(conn)] == [[a]]
+        assert [r.id for r in images.indexed_by_ids(conn, [a])] == [a]
+        pending = images.pending_never_retried(conn)
+        images.retry_now(conn, pending, now=5.0)
+        assert images.count_pending_due_before(conn, 6.0) == 1
+        images.clear_clusters(conn)
+        images.forget_all_vectors(conn, "another model")
+        assert images.count_by_status(conn) == {"pending": 2}
+        queue.schedule(conn, {"/e/q.jpg": 50.0, "/e/r.jpg": 60.0}, now=1.0)
+        queue.postpone(conn, ["/e/q.jpg"], 70.0)
+        assert [r.path for r in queue.later(conn, now=55.0)] == ["/e/r.jpg", "/e/q.jpg"]
+        assert queue.not_yet_due(conn, 65.0) == {"/e/q.jpg"}
+        queue.remove(conn, ["/e/q.jpg"])
+        assert [r.path for r in queue.entries(conn)] == ["/e/r.jpg"]
+        meta.publish_daemon_status(conn, {"pid": 1})
+        meta.set_mount_points(conn, ["/e/m"])
+        meta.set_next_cluster_id(conn, 9)
+        meta.set_consolidated_at(conn, 3)
+        assert meta.bump_config_version(conn) == 1
+        assert (meta.daemon_status(conn), meta.mount_points(conn)) == ({"pid": 1}, ["/e/m"])
+        assert (meta.next_cluster_id(conn), meta.consolidated_at(conn)) == (9, 3)
+        clusters.save_state(
+            conn, clusters.State(np.array([1]), np.ones((1, DIM), np.float32), np.ones(1), [0])
+        )
+        assert clusters.count(conn) == 1 and clusters.ids(conn) == [1]
+        assert clusters.find(conn, 1).position == 0 and len(clusters.all_clusters(conn)) == 1
+        clusters.forget(conn)
+        assert clusters.load_state(conn) is None and meta.consolidated_at(conn) == 0
