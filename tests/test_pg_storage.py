@@ -8,6 +8,7 @@ connections (``engine.worker_connection``, SQLite only)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,6 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
-from pg import postgres_server  # noqa: F401  (a fixture)
 from sqlalchemy import Engine
 from sqlalchemy.exc import DatabaseError
 
@@ -25,6 +25,7 @@ from imgindex.db import changes, clusters, images, meta, migrate, queue, roots
 from imgindex.db.dialect import integrity_problems, last_autoincrement_id
 from imgindex.db.engine import make_engine, snapshot
 from imgindex.db.schema import STATUS_FAILED, STATUS_INDEXED, metadata
+from imgindex.errors import LibraryNotFound
 
 BIG = 2**40 + 7  # past a 32-bit integer: sizes, nanosecond times, ids
 DIM = 4
@@ -253,3 +254,20 @@ def test_every_other_storage_call_runs(engine):
         assert clusters.find(conn, 1).position == 0 and len(clusters.all_clusters(conn)) == 1
         clusters.forget(conn)
         assert clusters.load_state(conn) is None and meta.consolidated_at(conn) == 0
+
+
+def test_a_server_database_is_created_once_by_concurrent_openers(postgres_server):
+    """Only ``create`` puts the schema in an empty server database, which a message names
+    without its password; of several processes opening at once, one migrates (advisory lock)."""
+    url = postgres_server.create_database()
+    eng = make_engine(url)
+    try:
+        with pytest.raises(LibraryNotFound, match=r"database t\d+ on /"):
+            migrate.ensure_schema(eng, url, create=False)
+        with ThreadPoolExecutor(3) as pool:
+            done = pool.map(lambda _: migrate.ensure_schema(eng, url, create=True), range(3))
+            assert list(done) == [None] * 3
+        assert migrate.current_revision(eng) == migrate.SCHEMA_HEAD
+    finally:
+        eng.dispose()
+    assert migrate.shown("postgresql://me:secret@db.lan:5433/photos") == "database photos on db.lan"
