@@ -23,7 +23,7 @@ from sqlalchemy.exc import DatabaseError
 from imgindex import names
 from imgindex.db import changes, clusters, images, meta, migrate, queue, roots
 from imgindex.db.dialect import integrity_problems, last_autoincrement_id
-from imgindex.db.engine import make_engine, snapshot
+from imgindex.db.engine import make_engine, snapshot, worker_connection
 from imgindex.db.schema import STATUS_FAILED, STATUS_INDEXED, metadata
 from imgindex.errors import LibraryNotFound
 
@@ -46,6 +46,14 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
         yield eng
     finally:
         eng.dispose()
+
+
+def _db(engine: Engine) -> Path | str:
+    """What ``make_engine`` took to make ``engine``: a SQLite file's path, or a server's URL."""
+    url = engine.url
+    if url.get_backend_name() == "sqlite":
+        return Path(str(url.database))
+    return url.render_as_string(hide_password=False)
 
 
 def _row(path: str, root_id: int, **extra: object) -> dict[str, object]:
@@ -84,9 +92,7 @@ def test_migrations_go_down_and_up_again(engine):
 def test_a_read_only_engine_reads_and_never_writes(engine):
     with engine.begin() as conn:
         meta.set_k_setting(conn, "3")
-    url = engine.url
-    db = Path(str(url.database)) if url.get_backend_name() == "sqlite" else url.render_as_string()
-    reader = make_engine(db, read_only=True)
+    reader = make_engine(_db(engine), read_only=True)
     try:
         with reader.connect() as conn:
             assert meta.k_setting(conn) == "3"
@@ -271,3 +277,18 @@ def test_a_server_database_is_created_once_by_concurrent_openers(postgres_server
     finally:
         eng.dispose()
     assert migrate.shown("postgresql://me:secret@db.lan:5433/photos") == "database photos on db.lan"
+
+
+def test_a_decode_workers_plain_connection_finds_indexed_content(engine):
+    with engine.begin() as conn:
+        rid = roots.add_root(conn, Path("/w"))
+        a = images.insert_indexed(conn, _row("/w/a.jpg", rid, content_hash="h1"), "m", _vec(0))
+    worker = worker_connection(_db(engine))
+    try:
+        assert images.indexed_id_with_hash(worker, "h1", "m") == a
+        assert images.indexed_id_with_hash(worker, "h1", "other model") is None
+        with engine.begin() as conn:  # a commit after the worker connected: it sees it
+            b = images.insert_indexed(conn, _row("/w/b.jpg", rid, content_hash="h2"), "m", _vec(1))
+        assert images.indexed_id_with_hash(worker, "h2", "m") == b
+    finally:
+        worker.close()

@@ -8,11 +8,14 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, make_url
 
 from imgindex.errors import ImgIndexError
+
+if TYPE_CHECKING:
+    import psycopg
 
 BUSY_TIMEOUT_MS = 30_000
 
@@ -113,11 +116,17 @@ def snapshot(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
-#: A decode worker's connection: the DB-API's own, without SQLAlchemy.
-WorkerConnection = sqlite3.Connection
+#: A decode worker's connection: the DB-API's own (sqlite3, or psycopg), without SQLAlchemy.
+WorkerConnection = Union[sqlite3.Connection, "psycopg.Connection[Any]"]
 
 
-def worker_connection(db_path: Path) -> WorkerConnection:
+def worker_connection(db: Path | str) -> WorkerConnection:
     """A plain DB-API connection for one decode worker thread: its lookups hold the GIL for
-    microseconds, not SQLAlchemy's milliseconds (see ``images.indexed_id_with_hash``)."""
-    return sqlite3.connect(db_path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+    microseconds, not SQLAlchemy's milliseconds (see ``images.indexed_id_with_hash``). A
+    server's is in autocommit: each lookup sees the latest commits, as SQLite's does."""
+    if is_url(db):
+        import psycopg
+
+        conninfo = make_url(str(db)).set(drivername="postgresql")
+        return psycopg.connect(conninfo.render_as_string(hide_password=False), autocommit=True)
+    return sqlite3.connect(db, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
