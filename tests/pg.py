@@ -41,13 +41,18 @@ class Server:
 
 
 def _bindir() -> Path | None:
-    """Where ``initdb`` and ``pg_ctl`` are (``pg_config --bindir``), or None."""
+    """Where ``initdb`` and ``pg_ctl`` are, or None: ``pg_config --bindir``, else Debian's
+    newest server (``pg_config`` may be libpq-dev's, whose bindir has no server)."""
+    found = []
     pg_config = shutil.which("pg_config")
-    if pg_config is None:
-        return None
-    out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False)
-    bindir = Path(out.stdout.strip())
-    return bindir if (bindir / "initdb").exists() and (bindir / "pg_ctl").exists() else None
+    if pg_config is not None:
+        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False)
+        found.append(Path(out.stdout.strip()))
+    servers = Path("/usr/lib/postgresql").glob("*/bin")  # 15/bin, 16/bin: the newest first
+    found += sorted(
+        servers, key=lambda b: [int(n) for n in b.parent.name.split(".") if n.isdigit()]
+    )[::-1]
+    return next((b for b in found if (b / "initdb").exists() and (b / "pg_ctl").exists()), None)
 
 
 def _why_not() -> str | None:
@@ -85,7 +90,10 @@ def postgres_server() -> Iterator[Server]:
     data = top / "data"
     _as_postgres(bindir / "initdb", "-D", data, "-A", "trust", "-U", USER, "--no-sync")
     options = f"-c listen_addresses='' -c unix_socket_directories={top} -c fsync=off"
-    _as_postgres(bindir / "pg_ctl", "-D", data, "-o", options, "-l", top / "log", "-w", "start")
+    try:
+        _as_postgres(bindir / "pg_ctl", "-D", data, "-o", options, "-l", top / "log", "-w", "start")
+    except subprocess.CalledProcessError:  # CI always has a server: say why it did not start
+        pytest.fail(f"PostgreSQL did not start:\n{(top / 'log').read_text(errors='replace')}")
     try:
         yield Server(top, itertools.count())
     finally:
