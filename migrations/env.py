@@ -1,6 +1,6 @@
 """Alembic environment. imgindex runs migrations from code (``imgindex.db.migrate``), passing the
 open connection in ``config.attributes["connection"]``; the ``alembic`` CLI also works with
-``-x db=PATH``."""
+``-x db=PATH`` (or ``-x db=postgresql+psycopg://...``)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,6 @@ connection = config.attributes.get("connection")
 if connection is not None:
     _run(connection)
 else:
-    db = context.get_x_argument(as_dictionary=True).get("db", "imgindex.db")
-    with create_engine(f"sqlite:///{db}").connect() as conn:
+    db = context.get_x_argument(as_dictionary=True).get("db", "imgindex.db")  # or a URL
+    with create_engine(db if "://" in db else f"sqlite:///{db}").connect() as conn:
         _run(conn)

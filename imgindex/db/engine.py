@@ -1,5 +1,6 @@
-"""Engines for the library's SQLite file: its pragmas, read-only opening, one-snapshot reads,
-and the plain connections the decode workers use."""
+"""Engines for the library's table of record: a SQLite file (its pragmas, read-only opening) or
+a PostgreSQL server; one-snapshot reads, and the plain connections the decode workers use
+(SQLite only so far)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,41 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, make_url
 
 from imgindex.errors import ImgIndexError
+
+if TYPE_CHECKING:
+    import psycopg
 
 BUSY_TIMEOUT_MS = 30_000
 
 
-def make_engine(db_path: Path, *, read_only: bool = False) -> Engine:
+def is_url(db: Path | str) -> bool:
+    """Whether ``db`` names a database server (``postgresql://...``) rather than a file."""
+    return isinstance(db, str) and db.split(":", 1)[0].split("+", 1)[0] == "postgresql"
+
+
+def make_engine(db: Path | str, *, read_only: bool = False) -> Engine:
+    """Engine for ``db``: a path is a SQLite file, a ``postgresql://`` URL a server."""
+    if is_url(db):
+        return _postgresql_engine(str(db), read_only)
+    return _sqlite_engine(Path(db), read_only)
+
+
+def _postgresql_engine(url: str, read_only: bool) -> Engine:
+    """A PostgreSQL engine through psycopg 3 (``imgindex[postgres]``); a ``read_only`` one's
+    transactions are read-only on the server."""
+    scheme, rest = url.split("://", 1)
+    if scheme == "postgresql":
+        url = f"postgresql+psycopg://{rest}"
+    args = {"options": "-c default_transaction_read_only=on"} if read_only else {}
+    return create_engine(url, connect_args=args, pool_pre_ping=True)
+
+
+def _sqlite_engine(db_path: Path, read_only: bool) -> Engine:
     """Engine for one SQLite file: WAL, busy timeout, foreign keys, NORMAL sync under WAL.
 
     ``read_only``: for a reader that cannot write the data directory (a read-only mount,
@@ -76,18 +102,31 @@ _NO_SHM = ("SQLITE_READONLY_DIRECTORY", "SQLITE_CANTOPEN")  # the -shm file cann
 
 @contextmanager
 def snapshot(engine: Engine) -> Iterator[Connection]:
-    """One read transaction: every read on the connection sees the same commits (WAL)."""
+    """One read transaction: every read on the connection sees the same commits (WAL on
+    SQLite, REPEATABLE READ on PostgreSQL)."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                yield conn
+        return
     with engine.connect() as conn, conn.begin():
         if not conn.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
             conn.exec_driver_sql("BEGIN")  # pysqlite runs a SELECT in autocommit otherwise
         yield conn
 
 
-#: A decode worker's connection: the DB-API's own, without SQLAlchemy.
-WorkerConnection = sqlite3.Connection
+#: A decode worker's connection: the DB-API's own (sqlite3, or psycopg), without SQLAlchemy.
+WorkerConnection = Union[sqlite3.Connection, "psycopg.Connection[Any]"]
 
 
-def worker_connection(db_path: Path) -> WorkerConnection:
+def worker_connection(db: Path | str) -> WorkerConnection:
     """A plain DB-API connection for one decode worker thread: its lookups hold the GIL for
-    microseconds, not SQLAlchemy's milliseconds (see ``images.indexed_id_with_hash``)."""
-    return sqlite3.connect(db_path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+    microseconds, not SQLAlchemy's milliseconds (see ``images.indexed_id_with_hash``). A
+    server's is in autocommit: each lookup sees the latest commits, as SQLite's does."""
+    if is_url(db):
+        import psycopg
+
+        conninfo = make_url(str(db)).set(drivername="postgresql")
+        return psycopg.connect(conninfo.render_as_string(hide_password=False), autocommit=True)
+    return sqlite3.connect(db, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)

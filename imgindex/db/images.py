@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import Connection, LargeBinary, bindparam, cast, delete, func, select, update
-from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects import postgresql, sqlite
 
 from imgindex import names
+from imgindex.db.engine import WorkerConnection
 from imgindex.db.schema import STATUS_FAILED, STATUS_INDEXED, STATUS_PENDING, images
 
 _CHUNK = 900  # SQL parameters per statement, well under SQLite's limit
@@ -58,19 +59,23 @@ def find_indexed_by_hash(conn: Connection, content_hash: str | None, model: str)
 
 
 @cache
-def _id_by_hash_sql() -> tuple[str, dict[str, Any]]:
-    """The statement as SQLite text, and its parameters (``h``, ``m`` to be filled in)."""
+def _id_by_hash_sql(dialect: str) -> tuple[str, dict[str, Any]]:
+    """The statement as the dialect's text (SQLite's, or psycopg's for PostgreSQL), and its
+    parameters (``h``, ``m`` to be filled in)."""
     q = select(c.id).where(
         c.content_hash == bindparam("h"), c.status == STATUS_INDEXED, c.model == bindparam("m")
     )
-    compiled = q.limit(1).compile(dialect=sqlite.dialect(paramstyle="named"))
+    if dialect == "sqlite":
+        compiled = q.limit(1).compile(dialect=sqlite.dialect(paramstyle="named"))
+    else:
+        compiled = q.limit(1).compile(dialect=postgresql.psycopg.dialect())
     return str(compiled), dict(compiled.params)
 
 
-def indexed_id_with_hash(worker: sqlite3.Connection, content_hash: str, model: str) -> int | None:
+def indexed_id_with_hash(worker: WorkerConnection, content_hash: str, model: str) -> int | None:
     """``find_indexed_by_hash``'s id on a decode worker's plain connection (see
     ``engine.worker_connection``): the statement is compiled once, run without SQLAlchemy."""
-    sql, params = _id_by_hash_sql()
+    sql, params = _id_by_hash_sql("sqlite" if isinstance(worker, sqlite3.Connection) else "pg")
     row = worker.execute(sql, {**params, "h": content_hash, "m": model}).fetchone()
     return None if row is None else row[0]
 

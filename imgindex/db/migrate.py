@@ -13,7 +13,7 @@ import logging
 import sqlite3
 from pathlib import Path
 
-from sqlalchemy import Engine, column, inspect, select, table
+from sqlalchemy import Engine, column, func, inspect, make_url, select, table
 
 from imgindex import fsafe
 from imgindex.errors import ImgIndexError, LibraryNotFound, SchemaTooNew
@@ -58,13 +58,20 @@ def backup(db_path: Path, revision: str) -> Path:
     return dest
 
 
-def upgrade(engine: Engine, db_path: Path, target: str = "head") -> None:
-    """Upgrade the database to ``target``, backing it up first when it holds data."""
+def upgrade(engine: Engine, db_path: Path | None, target: str = "head") -> None:
+    """Upgrade the database to ``target``, backing a SQLite file (at ``db_path``) up first
+    when it holds data. A PostgreSQL server runs the whole upgrade in one transaction (its DDL
+    is transactional): a failed upgrade leaves nothing changed, so no copy is made."""
     from alembic import command
     from alembic.config import Config
 
     rev = current_revision(engine)
-    if rev is not None and target != rev:
+    if (
+        rev is not None
+        and target != rev
+        and db_path is not None
+        and engine.dialect.name == "sqlite"
+    ):
         log.info("backed up the database to %s before migrating", backup(db_path, rev))
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
@@ -74,9 +81,10 @@ def upgrade(engine: Engine, db_path: Path, target: str = "head") -> None:
 
 
 def ensure_schema(
-    engine: Engine, db_path: Path, *, create: bool = False, read_only: bool = False
+    engine: Engine, db: Path | str, *, create: bool = False, read_only: bool = False
 ) -> None:
-    """Bring the database to ``SCHEMA_HEAD``; refuse one written by a newer imgindex.
+    """Bring the database (a SQLite file's path, or a server's URL) to ``SCHEMA_HEAD``; refuse
+    one written by a newer imgindex.
 
     Only ``create`` (``imgindex init``) puts the schema into a database that has none (an
     empty file); a ``read_only`` caller refuses an old schema instead of upgrading it."""
@@ -84,30 +92,43 @@ def ensure_schema(
     if rev == SCHEMA_HEAD:
         return
     if rev is None and not create:
-        raise no_library(db_path)
-    _refuse_unknown(rev, db_path)
+        raise no_library(db)
+    _refuse_unknown(rev, db)
     if read_only:
+        where = f"the library in {db.parent}" if isinstance(db, Path) else shown(db)
         raise ImgIndexError(
-            f"the library in {db_path.parent} has schema revision {rev}, older than this "
-            f"imgindex reads ({SCHEMA_HEAD}); a user who can write it must run `imgindex migrate`"
+            f"{where} has schema revision {rev}, older than this imgindex reads "
+            f"({SCHEMA_HEAD}); a user who can write it must run `imgindex migrate`"
         )
-    with fsafe.Flock(db_path.with_name(f"{db_path.name}.migrate.lock")) as lock:
+    if not isinstance(db, Path):
+        _upgrade_server(engine, db)
+        return
+    with fsafe.Flock(db.with_name(f"{db.name}.migrate.lock")) as lock:
         lock.exclusive()  # two processes opening an old database: one migrates
-        _upgrade_locked(engine, db_path)
+        _upgrade_locked(engine, db)
 
 
-def no_library(db_path: Path) -> LibraryNotFound:
+def shown(url: str) -> str:
+    """A server's database as a message names it: ``database NAME on HOST``, no password."""
+    u = make_url(url)
+    host = u.host or u.query.get("host") or "localhost"
+    return f"database {u.database} on {host if isinstance(host, str) else host[0]}"
+
+
+def no_library(db: Path | str) -> LibraryNotFound:
     """The refusal of a database without the schema (only ``imgindex init`` creates one)."""
+    where = db if isinstance(db, Path) else shown(db)
     return LibraryNotFound(
-        f"{db_path} holds no imgindex library (it is empty, or another program's); "
+        f"{where} holds no imgindex library (it is empty, or another program's); "
         "create one with `imgindex init DIR...` (or point --data-dir at an existing one)"
     )
 
 
-def _refuse_unknown(rev: str | None, db_path: Path) -> None:
+def _refuse_unknown(rev: str | None, db: Path | str) -> None:
     if rev is not None and rev not in known_revisions():
+        where = f"database {db}" if isinstance(db, Path) else shown(db)
         raise SchemaTooNew(
-            f"database {db_path} has schema revision {rev}, newer than this imgindex knows "
+            f"{where} has schema revision {rev}, newer than this imgindex knows "
             f"({SCHEMA_HEAD}); upgrade imgindex (pip install -U imgindex) or use --data-dir "
             "to open another library"
         )
@@ -119,3 +140,23 @@ def _upgrade_locked(engine: Engine, db_path: Path) -> None:
         return
     _refuse_unknown(rev, db_path)
     upgrade(engine, db_path)
+
+
+#: The PostgreSQL advisory lock that one migrating process holds (any 64-bit key; "imgindex").
+MIGRATE_LOCK = 0x696D67696E646578
+
+
+def _upgrade_server(engine: Engine, url: str) -> None:
+    """Upgrade a server's database under an advisory lock: of several hosts opening an old
+    database at once, one migrates and the others find it done."""
+    with engine.connect() as conn:
+        conn.execute(select(func.pg_advisory_lock(MIGRATE_LOCK)))
+        conn.commit()
+        try:
+            rev = current_revision(engine)
+            if rev != SCHEMA_HEAD:
+                _refuse_unknown(rev, url)
+                upgrade(engine, None)
+        finally:
+            conn.execute(select(func.pg_advisory_unlock(MIGRATE_LOCK)))
+            conn.commit()

@@ -15,7 +15,8 @@ def add_root(conn: Connection, path: Path) -> int:
     existing = conn.execute(select(roots.c.id).where(roots.c.path == str(path))).scalar()
     if existing is not None:
         return existing
-    return conn.execute(roots.insert().values(path=str(path), added_at=time.time())).lastrowid
+    key = conn.execute(roots.insert().values(path=str(path), added_at=time.time()))
+    return int(key.inserted_primary_key[0])  # type: ignore[index]
 
 
 def list_roots(conn: Connection) -> list[tuple[int, Path]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Float,
     ForeignKey,
@@ -22,20 +23,40 @@ from imgindex import names
 
 
 class FsPath(TypeDecorator[str]):
-    """A file name, stored losslessly: TEXT when it is valid UTF-8 (every library before),
-    else its raw bytes as a BLOB (SQLite keeps a BLOB as it is in a TEXT column), read back as
-    the surrogate-escaped ``str`` that Python's file functions take (see ``imgindex.names``)."""
+    """A file name, stored losslessly, read back as the surrogate-escaped ``str`` that
+    Python's file functions take (see ``imgindex.names``).
+
+    SQLite: TEXT when it is valid UTF-8 (every library before), else its raw bytes as a BLOB
+    (SQLite keeps a BLOB as it is in a TEXT column). PostgreSQL: always the raw bytes, in a
+    BYTEA column. A TEXT column there could not hold a name that is not UTF-8 (nor a NUL-free
+    escape of one without a second spelling of the same name), and BYTEA compares and sorts
+    byte by byte, as SQLite's BINARY collation does, so ``ORDER BY path`` and the prefix test
+    of ``images.paths_at_or_under`` agree on both databases."""
 
     impl = Text
     cache_ok = True
 
+    def load_dialect_impl(self, dialect: Any) -> Any:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(LargeBinary())
+        return dialect.type_descriptor(Text())
+
     def process_bind_param(self, value: Any, dialect: Any) -> Any:
-        if isinstance(value, str) and not names.is_utf8(value):
+        if not isinstance(value, str):
+            return value
+        if dialect.name == "postgresql" or not names.is_utf8(value):
             return names.to_bytes(value)
         return value
 
     def process_result_value(self, value: Any, dialect: Any) -> Any:
+        if isinstance(value, memoryview):
+            value = value.tobytes()
         return names.from_bytes(value) if isinstance(value, bytes) else value
+
+
+#: An integer that may pass 2**31 (nanosecond times, file sizes, 64-bit hashes, ids): INTEGER
+#: on SQLite (64-bit already; the on-disk schema is unchanged), BIGINT on PostgreSQL.
+Int64 = Integer().with_variant(BigInteger(), "postgresql")
 
 
 metadata = MetaData()
@@ -62,11 +83,11 @@ roots = Table(
 images = Table(
     "images",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("id", Int64, primary_key=True, autoincrement=True),
     Column("path", FsPath, nullable=False, unique=True),
     Column("root_id", Integer, ForeignKey("roots.id", ondelete="CASCADE"), nullable=False),
-    Column("size", Integer, nullable=False),
-    Column("mtime_ns", Integer, nullable=False),
+    Column("size", Int64, nullable=False),
+    Column("mtime_ns", Int64, nullable=False),
     Column("content_hash", Text),
     Column("width", Integer),
     Column("height", Integer),
@@ -79,8 +100,8 @@ images = Table(
     Column("updated_at", Float, nullable=False),
     Column("retry_after", Float),  # revision 0002
     Column("label", Integer),  # ImageNet top-1 class index, when the model has a head (0005)
-    Column("phash", Integer),  # 64-bit perceptual (DCT) hash as a signed integer (0005)
-    Column("ctime_ns", Integer),  # inode change time: a failed file is retried on a chmod (0006)
+    Column("phash", Int64),  # 64-bit perceptual (DCT) hash as a signed integer (0005)
+    Column("ctime_ns", Int64),  # inode change time: a failed file is retried on a chmod (0006)
     sqlite_autoincrement=True,
 )
 Index("ix_images_content_hash", images.c.content_hash)
@@ -123,8 +144,8 @@ Index("ix_queue_due_at", queue.c.due_at)
 index_log = Table(
     "index_log",
     metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=True),
-    Column("image_id", Integer, nullable=False),
+    Column("seq", Int64, primary_key=True, autoincrement=True),
+    Column("image_id", Int64, nullable=False),
     sqlite_autoincrement=True,
 )
 

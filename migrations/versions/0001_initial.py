@@ -14,6 +14,11 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
+#: PostgreSQL keeps file names as raw bytes (see ``imgindex.db.schema.FsPath``) and integers that
+#: pass 2**31 as BIGINT; SQLite's on-disk schema is what it always was.
+PATH = sa.Text().with_variant(sa.LargeBinary(), "postgresql")
+INT64 = sa.Integer().with_variant(sa.BigInteger(), "postgresql")
+
 
 def upgrade() -> None:
     op.create_table(
@@ -24,21 +29,21 @@ def upgrade() -> None:
     op.create_table(
         "roots",
         sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("path", sa.Text, nullable=False, unique=True),
+        sa.Column("path", PATH, nullable=False, unique=True),
         sa.Column("added_at", sa.Float, nullable=False),
     )
     op.create_table(
         "images",
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("path", sa.Text, nullable=False, unique=True),
+        sa.Column("id", INT64, primary_key=True, autoincrement=True),
+        sa.Column("path", PATH, nullable=False, unique=True),
         sa.Column(
             "root_id",
             sa.Integer,
             sa.ForeignKey("roots.id", ondelete="CASCADE"),
             nullable=False,
         ),
-        sa.Column("size", sa.Integer, nullable=False),
-        sa.Column("mtime_ns", sa.Integer, nullable=False),
+        sa.Column("size", INT64, nullable=False),
+        sa.Column("mtime_ns", INT64, nullable=False),
         sa.Column("content_hash", sa.Text),
         sa.Column("width", sa.Integer),
         sa.Column("height", sa.Integer),

@@ -14,11 +14,14 @@ down_revision = "0002"
 branch_labels = None
 depends_on = None
 
+#: raw bytes on PostgreSQL, see ``imgindex.db.schema.FsPath``
+PATH = sa.Text().with_variant(sa.LargeBinary(), "postgresql")
+
 
 def upgrade() -> None:
     op.create_table(
         "queue",
-        sa.Column("path", sa.Text, primary_key=True),
+        sa.Column("path", PATH, primary_key=True),
         sa.Column("due_at", sa.Float, nullable=False),
         sa.Column("enqueued_at", sa.Float, nullable=False),
     )

@@ -19,10 +19,12 @@ down_revision = "0004"
 branch_labels = None
 depends_on = None
 
+INT64 = sa.Integer().with_variant(sa.BigInteger(), "postgresql")  # BIGINT on PostgreSQL
+
 
 def upgrade() -> None:
     op.add_column("images", sa.Column("label", sa.Integer))  # ImageNet top-1 class index
-    op.add_column("images", sa.Column("phash", sa.Integer))  # 64-bit DCT hash, signed
+    op.add_column("images", sa.Column("phash", INT64))  # 64-bit DCT hash, signed
     op.create_table(
         "cluster_labels",
         sa.Column("cluster_id", sa.Integer, primary_key=True, autoincrement=False),

@@ -18,9 +18,11 @@ down_revision = "0005"
 branch_labels = None
 depends_on = None
 
+INT64 = sa.Integer().with_variant(sa.BigInteger(), "postgresql")  # BIGINT on PostgreSQL
+
 
 def upgrade() -> None:
-    op.add_column("images", sa.Column("ctime_ns", sa.Integer))
+    op.add_column("images", sa.Column("ctime_ns", INT64))
 
 
 def downgrade() -> None:
