@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import sqlite3
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 from daemon_helpers import DaemonProcess, status, wait_for
 from helpers import cli, cli_json, run_process
 from imaging import draw, make_photos
+from mounts import small_tmpfs
 
 from imgindex.db.images import stack_blobs
 from imgindex.db.schema import images
@@ -201,22 +201,8 @@ def test_check_compares_an_ivf_file_with_the_stored_vectors(tmp_path):
 @pytest.fixture()
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 24 MB tmpfs mounted as the data directory (root only); unmounted afterwards."""
-    data = tmp_path / "data"
-    data.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs (a disk to fill) needs root")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(data)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
-    try:
-        yield data
-    finally:
-        if subprocess.run(["umount", str(data)], capture_output=True).returncode:
-            subprocess.run(["umount", "-l", str(data)], check=True)
+    with small_tmpfs(tmp_path / "data", "24m") as disk:
+        yield disk
 
 
 def fill(disk: Path, leave: int) -> Path:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from daemon_helpers import DaemonProcess, settled, status, wait_for
 from helpers import cli, cli_json
 from imaging import draw, make_photos
+from mounts import Mounts
 from unprivileged import json_unprivileged, obey_file_modes, require_file_modes
 
 
@@ -110,27 +110,6 @@ def test_the_daemon_retries_a_file_that_could_not_be_read_after_a_chmod(album_li
         wait_for(lambda: status(data)["failed"] == 1, 20, d.log_text)
         (photos / "locked.jpg").chmod(0o644)
         wait_for(lambda: settled(data, 7) and status(data)["failed"] == 0, 20, d.log_text)
-
-
-class Mounts:
-    """Real mounts made by a test, undone at its end (root only; skips when refused)."""
-
-    def __init__(self) -> None:
-        self.points: list[Path] = []
-
-    def mount(self, *args: object) -> None:
-        result = subprocess.run(["mount", *map(str, args)], capture_output=True, text=True)
-        if result.returncode != 0:
-            pytest.skip(f"cannot mount here: {result.stderr.strip()}")
-        self.points.append(Path(str(args[-1])))
-
-    def umount(self, point: Path) -> None:
-        subprocess.run(["umount", str(point)], check=True)
-        self.points.remove(point)
-
-    def cleanup(self) -> None:
-        for point in reversed(self.points):
-            subprocess.run(["umount", "-l", str(point)], check=False)
 
 
 @pytest.fixture()

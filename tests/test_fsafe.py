@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mounts import small_tmpfs
 from unprivileged import obey_file_modes, require_file_modes
 
 from imgindex import diskspace, fsafe
@@ -46,22 +47,8 @@ def poll(condition, seconds: float = 30) -> None:
 @pytest.fixture()
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 256 kB tmpfs (root only); unmounted afterwards."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs (a disk to fill) needs root")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "disk", "256k") as disk:
         yield disk
-    finally:
-        if subprocess.run(["umount", str(disk)], capture_output=True).returncode:
-            subprocess.run(["umount", "-l", str(disk)], check=True)
 
 
 # --- atomic replacement -----------------------------------------------------------------------
