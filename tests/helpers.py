@@ -48,3 +48,19 @@ def row_count(data: Path) -> int:
             return conn.execute("SELECT count(*) FROM images").fetchone()[0]
     except sqlite3.Error:
         return 0
+
+
+def synthetic_row(path: str, vector: Any, model: str, **extra: Any) -> dict[str, Any]:
+    """An indexed ``images`` row of a file that does not exist, for libraries of made-up vectors
+    (root 1 must exist)."""
+    return {
+        "path": path,
+        "root_id": 1,
+        "size": 1,
+        "mtime_ns": 1,
+        "status": "indexed",
+        "model": model,
+        "vector": vector.tobytes(),
+        "updated_at": 0.0,
+        **extra,
+    }

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import corpus
-from helpers import cli, cli_json
+from helpers import cli, cli_json, synthetic_row
 from imaging import draw
 from PIL import ImageOps
 
@@ -215,17 +215,7 @@ def test_vector_tier_through_an_ivf_index_finds_every_pair_above_the_threshold(t
         conn.execute(
             images.insert(),
             [
-                {
-                    "path": f"/synthetic/{i}.jpg",
-                    "root_id": 1,
-                    "size": 1,
-                    "mtime_ns": 1,
-                    "status": "indexed",
-                    "model": lib.model,
-                    "vector": v.tobytes(),
-                    "updated_at": 0.0,
-                    "phash": int(ph[i]),
-                }
+                synthetic_row(f"/synthetic/{i}.jpg", v, lib.model, phash=int(ph[i]))
                 for i, v in enumerate(x)
             ],
         )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cli, cli_json
+from helpers import cli, cli_json, synthetic_row
 from imaging import make_photos
 from sqlalchemy import delete
 
@@ -27,34 +27,10 @@ def add_vectors(data: Path, x: np.ndarray) -> np.ndarray:
     """Indexed rows with these vectors (paths in a folder that does not exist); their ids.
     Written on a connection of its own, as another writer's transaction would be."""
     with Library.open(data) as lib, lib.engine.begin() as conn:
-        first = conn.execute(
-            images.insert().values(
-                path=f"/synthetic/{time.monotonic_ns()}-0.jpg",
-                root_id=1,
-                size=1,
-                mtime_ns=1,
-                status="indexed",
-                model=lib.model,
-                vector=x[0].tobytes(),
-                updated_at=0.0,
-            )
-        ).lastrowid
-        conn.execute(
-            images.insert(),
-            [
-                {
-                    "path": f"/synthetic/{first}-{i}.jpg",
-                    "root_id": 1,
-                    "size": 1,
-                    "mtime_ns": 1,
-                    "status": "indexed",
-                    "model": lib.model,
-                    "vector": v.tobytes(),
-                    "updated_at": 0.0,
-                }
-                for i, v in enumerate(x[1:], 1)
-            ],
-        )
+        row = synthetic_row(f"/synthetic/{time.monotonic_ns()}-0.jpg", x[0], lib.model)
+        first = conn.execute(images.insert().values(**row)).lastrowid
+        rows = [synthetic_row(f"/synthetic/{first}-{i}.jpg", v, lib.model) for i, v in enumerate(x)]
+        conn.execute(images.insert(), rows[1:])
     return np.arange(first, first + len(x))
 
 
