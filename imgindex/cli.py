@@ -19,14 +19,15 @@ import typer
 from typer.core import TyperGroup
 
 from imgindex import names
-from imgindex.db import DatabaseError
+from imgindex.db import DatabaseError, OperationalError
+from imgindex.db.location import shown as shown_database
 from imgindex.errors import ImgIndexError
 from imgindex.paths import resolve_data_dir
 
 try:  # typer >= 0.16 vendors click
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
 except ImportError:  # pragma: no cover - older typer with click installed
-    from click.exceptions import ClickException, NoArgsIsHelpError  # type: ignore[no-redef]
+    from click.exceptions import ClickException, NoArgsIsHelpError  # type: ignore[no-redef,assignment,unused-ignore]
 
 
 class _Boundary(TyperGroup):
@@ -62,11 +63,19 @@ class _Boundary(TyperGroup):
 
 
 def _message(exc: BaseException) -> str:
+    if isinstance(exc, OperationalError) and _unreachable(exc):
+        first = str(exc.orig or exc).strip().splitlines()[0]
+        return f"the library's database server cannot be reached: {first}"
     if isinstance(exc, DatabaseError):
         return f"the library's database cannot be used: {exc.orig or exc}"
     if isinstance(exc, OSError) and exc.filename:
         return f"{exc.filename}: {exc.strerror}"
     return str(exc)
+
+
+def _unreachable(exc: OperationalError) -> bool:
+    """A server that could not be connected to (psycopg says "connection ... failed")."""
+    return exc.connection_invalidated or "connection" in str(exc.orig).lower()
 
 
 app = typer.Typer(
@@ -98,11 +107,23 @@ def _main(
             help="Library folder [default: $STATE_DIRECTORY, else $XDG_DATA_HOME/imgindex].",
         ),
     ] = None,
+    database: Annotated[
+        str | None,
+        typer.Option(
+            "--database",
+            envvar="IMGINDEX_DATABASE_URL",
+            show_envvar=True,
+            metavar="URL",
+            help="A PostgreSQL library (postgresql://USER@HOST/DB; the password from "
+            "~/.pgpass or PGPASSWORD) [default: the one the data dir records, else its SQLite "
+            "file].",
+        ),
+    ] = None,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Log more; show tracebacks.")
     ] = False,
 ) -> None:
-    ctx.obj = {"data_dir": resolve_data_dir(data_dir), "verbose": verbose}
+    ctx.obj = {"data_dir": resolve_data_dir(data_dir), "database": database, "verbose": verbose}
     if ctx.invoked_subcommand == "daemon":
         from imgindex import logs
 
@@ -122,10 +143,15 @@ def _data_dir(ctx: typer.Context) -> Path:
     return root.obj["data_dir"]
 
 
+def _database(ctx: typer.Context) -> str | None:
+    """``--database`` (or ``IMGINDEX_DATABASE_URL``): a PostgreSQL library's URL."""
+    return ctx.find_root().obj["database"]
+
+
 def _open(ctx: typer.Context, *, write: bool = False, purpose: str = "imgindex"):
     from imgindex.library import Library
 
-    return Library.open(_data_dir(ctx), write=write, purpose=purpose)
+    return Library.open(_data_dir(ctx), write=write, purpose=purpose, database=_database(ctx))
 
 
 def _require_writable(lib: Any) -> None:
@@ -187,9 +213,12 @@ def init(
     from imgindex.library import Library
 
     roots = [_existing_dir(d) for d in dirs]
-    with Library.create(_data_dir(ctx), roots, k=_parse_k(k), model=model) as lib:
+    with Library.create(
+        _data_dir(ctx), roots, k=_parse_k(k), model=model, database=_database(ctx)
+    ) as lib:
         typer.echo(
-            f"library {lib.paths.root}: model {lib.model}, k {lib.k_setting}, "
+            f"library {lib.location.shown()} (data dir {lib.paths.root}): model {lib.model}, "
+            f"k {lib.k_setting}, "
             f"roots {', '.join(names.shown(str(r)) for r in lib.roots())}",
             err=True,
         )
@@ -283,12 +312,14 @@ def _create_if_missing(ctx: typer.Context, roots: list[Path]) -> None:
     """A library with these roots, k auto and the default model, when the data dir has no
     database at all (one that exists but is empty or damaged is refused by ``_open``, as
     always); one line on stderr says so."""
+    from imgindex.db.location import locate
     from imgindex.library import Library
     from imgindex.paths import LibraryPaths
 
     data = _data_dir(ctx)
-    if LibraryPaths(data).db.exists():
-        return
+    location = locate(LibraryPaths(data), _database(ctx))
+    if location.url is not None or location.paths.db.exists():
+        return  # a PostgreSQL library is made, or joined, by `imgindex init --database`
     with Library.create(data, roots, k="auto") as lib:
         typer.echo(
             f"no library in {names.shown(str(lib.paths.root))}: created one with model "
@@ -520,6 +551,8 @@ def status(
                 problem = value.get("problem")
                 value = value["state"] + (f" (pid {value['pid']})" if value["pid"] else "")
                 value += f"; {problem}" if problem else ""
+            if key == "database":
+                value = shown_database(value)
             if key == "roots":
                 value = ", ".join(
                     names.shown(r["path"]) + ("" if r["available"] else " (unavailable)")
@@ -609,6 +642,7 @@ def daemon(
 
     d = Daemon(
         _data_dir(ctx),
+        database=_database(ctx),
         workers=workers,
         weights=weights,
         timings=Timings.parse(timing or []),

@@ -89,6 +89,7 @@ class Daemon:
         self,
         data_dir: Path,
         *,
+        database: str | None = None,
         workers: int | None = None,
         weights: Path | None = None,
         notifier: Notifier | None = None,
@@ -96,6 +97,7 @@ class Daemon:
         **overrides: Any,
     ) -> None:
         self.data_dir = data_dir
+        self.database = database  # a PostgreSQL library's URL (None: the data dir's)
         self.timings = timings or Timings()
         self.workers = workers
         self.weights = weights
@@ -122,7 +124,9 @@ class Daemon:
         """Serve until SIGTERM/SIGINT; returns the exit status."""
         warnings.filterwarnings("ignore", category=RuntimeWarning, module="watchdog")
         self._install_signals()
-        self.lib = Library.open(self.data_dir, write=True, purpose="imgindex daemon")
+        self.lib = Library.open(
+            self.data_dir, write=True, purpose="imgindex daemon", database=self.database
+        )
         self.lib.cache.tolerate_full_disk = True
         try:
             self._reload()

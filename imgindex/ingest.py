@@ -311,7 +311,7 @@ class Ingestor:
         each, so the lookup holds the GIL for microseconds, not SQLAlchemy's milliseconds)."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = worker_connection(self.lib.paths.db)
+            conn = worker_connection(self.lib.location.target)
             self._local.conn = conn
             self._connections.append(conn)
         return images.indexed_id_with_hash(conn, digest, self.lib.model)

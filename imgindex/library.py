@@ -1,4 +1,6 @@
-"""A library: one data directory with its SQLite database, FAISS cache and settings.
+"""A library: one data directory with its FAISS cache, lock and weights, and a table of record:
+the SQLite file in the data dir, or a PostgreSQL database shared by several hosts (see
+``imgindex.db.location``).
 
 Opening never imports torch or scikit-learn: read commands (``similar`` on an indexed photo,
 ``clusters``, ``status``) only need SQLite, numpy and FAISS. Read commands never write the FAISS
@@ -21,6 +23,7 @@ from imgindex import fsafe, store
 from imgindex.cache import VectorCache
 from imgindex.db import Connection, Engine, clusters, images, meta, queue
 from imgindex.db.engine import make_engine, snapshot
+from imgindex.db.location import Location, locate, record
 from imgindex.db.migrate import ensure_schema, no_library
 from imgindex.db.roots import add_root, root_paths
 from imgindex.db.schema import STATUS_FAILED, STATUS_INDEXED, STATUS_PENDING
@@ -59,9 +62,11 @@ class Library:
         engine: Engine,
         lock: store.WriteLock | None,
         *,
+        location: Location | None = None,
         flat_max: int = FLAT_MAX,
     ) -> None:
         self.paths = paths
+        self.location = location or Location(paths)
         self.engine = engine
         self._lock = lock
         self.read_only = False  # the database was opened read-only (see ``_open``)
@@ -86,15 +91,21 @@ class Library:
         k: str | None = None,
         model: str | None = None,
         flat_max: int = FLAT_MAX,
+        database: str | None = None,
     ) -> Library:
-        """Create a library (or add roots to an existing one) and open it for writing."""
+        """Create a library (or add roots to an existing one) and open it for writing.
+        ``database``: a PostgreSQL URL; the library there is created, or joined by this host."""
         paths = LibraryPaths(data_dir)
+        location = locate(paths, database)
         paths.root.mkdir(parents=True, exist_ok=True)
         # no write lock: adding roots is one short transaction, and works while the daemon
         # runs (it notices config_version and starts watching the new roots)
-        lib = cls._open(paths, write=False, purpose="imgindex init", create=True, flat_max=flat_max)
+        lib = cls._open(
+            location, write=False, purpose="imgindex init", create=True, flat_max=flat_max
+        )
         try:
             lib._configure(roots, k=k, model=model)
+            record(location)
         except BaseException:
             lib.close()
             raise
@@ -108,22 +119,31 @@ class Library:
         write: bool = False,
         purpose: str = "imgindex",
         flat_max: int = FLAT_MAX,
+        database: str | None = None,
     ) -> Library:
-        """Open an existing library; ``write`` takes the library's write lock. ``flat_max``:
-        from this many vectors on, the writer's FAISS index is IVF rather than exact."""
+        """Open an existing library; ``write`` takes the library's write lock (one writer per
+        data dir, so per host on a shared database). ``flat_max``: from this many vectors on,
+        the writer's FAISS index is IVF rather than exact. ``database``: a PostgreSQL URL
+        (else ``IMGINDEX_DATABASE_URL``, else the one the data dir records)."""
         paths = LibraryPaths(data_dir)
-        if not paths.db.exists():
+        location = locate(paths, database)
+        if location.url is None and not paths.db.exists():
             raise LibraryNotFound(
                 f"no library in {paths.root}; create one with `imgindex index DIR...` "
                 "or `imgindex init DIR...` (or point --data-dir / IMGINDEX_DATA_DIR at an "
-                "existing one)"
+                "existing one, or --database / IMGINDEX_DATABASE_URL at a PostgreSQL one)"
             )
-        return cls._open(paths, write=write, purpose=purpose, flat_max=flat_max)
+        if location.url is not None and write:
+            paths.root.mkdir(parents=True, exist_ok=True)  # this host's cache and lock
+        lib = cls._open(location, write=write, purpose=purpose, flat_max=flat_max)
+        if write and location.url is not None and not paths.database_url.exists():
+            record(location)  # this data dir now holds this library's cache
+        return lib
 
     @classmethod
     def _open(
         cls,
-        paths: LibraryPaths,
+        location: Location,
         *,
         write: bool,
         purpose: str,
@@ -131,17 +151,20 @@ class Library:
         flat_max: int = FLAT_MAX,
     ) -> Library:
         """Only ``create`` accepts a database without the schema or a model. A reader that
-        cannot write the data directory opens the database read-only and migrates nothing."""
-        if not create and paths.db.stat().st_size == 0:
+        cannot write the data directory opens a SQLite database read-only and migrates
+        nothing (a server's permissions are the server's)."""
+        paths = location.paths
+        sqlite = location.url is None
+        if sqlite and not create and paths.db.stat().st_size == 0:
             raise no_library(paths.db)  # before any connection writes a header into it
-        read_only = not (write or create or _can_write(paths))
+        read_only = sqlite and not (write or create or _can_write(paths))
         lock = store.WriteLock(paths.lock, purpose) if write else None
         if lock:
             lock.acquire()
-        engine = make_engine(paths.db, read_only=read_only)
+        engine = make_engine(location.target, read_only=read_only)
         try:
-            ensure_schema(engine, paths.db, create=create, read_only=read_only)
-            lib = cls(paths, engine, lock, flat_max=flat_max)
+            ensure_schema(engine, location.target, create=create, read_only=read_only)
+            lib = cls(paths, engine, lock, location=location, flat_max=flat_max)
             lib.read_only = read_only
             if lib.dim:
                 lib._check_model()
@@ -259,6 +282,7 @@ class Library:
         counts = images.count_by_status(conn)
         return {
             "data_dir": str(self.paths.root),
+            "database": self.location.describe(),
             "roots": [{"path": str(p), "available": p.is_dir()} for p in root_paths(conn)],
             "model": self.model,
             "dim": self.dim,
