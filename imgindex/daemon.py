@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from imgindex import settings
-from imgindex.db import images, meta, queue
+from imgindex.db import changes, images, meta, queue
 from imgindex.db.roots import root_paths
 from imgindex.errors import ImgIndexError
 from imgindex.fsafe import root_available, root_of
@@ -112,6 +112,7 @@ class Daemon:
         self._last_house = 0.0
         self._last_drain = 0.0
         self._dirty = False
+        self._maintained_head = -1  # the changes log's head at this host's last cluster refresh
         self._cut_short = False  # the ingestor stopped a pass early (SIGTERM)
         self._config_version = 0
         self.embedder: Embedder | None = None  # the one model, loaded after READY
@@ -399,6 +400,7 @@ class Daemon:
         self._set_state("clustering")
         self.ingestor.drain(final=False)
         self._update_view()
+        self._maintained_head = self._log_head()
         self._dirty = False
         self._last_drain = time.monotonic()
         r = self.ingestor.report
@@ -419,6 +421,7 @@ class Daemon:
             self.reload_requested = True
         self._sync_roots()
         self._retry_pending()
+        self._maintain_shared()
         if self.settings.view_dir and self.view.titles_changed(self.lib):
             self._update_view()  # a cluster was named (or an update failed): folders follow
         if self.lib.cache.disk_full:
@@ -426,6 +429,23 @@ class Daemon:
         self.ingestor.checkpoint()  # an idle daemon's file catches up within a minute
         self._publish()
         self.notifier.status(self._status_line())
+
+    def _maintain_shared(self) -> None:
+        """On a database that several hosts write: take the cluster maintenance when nobody
+        holds it (a host that held it stopped), and while holding it refresh the clusters
+        when another host changed the library."""
+        assert self.lib.maintenance is not None
+        if not self.lib.maintenance.shared:
+            return
+        held_before = self.lib.maintains
+        if self.lib.maintenance.try_take() and (
+            not held_before or self._log_head() != self._maintained_head
+        ):
+            self._dirty = True  # the next quiet moment drains: clusters, labels, views
+
+    def _log_head(self) -> int:
+        with self.lib.engine.connect() as conn:
+            return changes.log_head(conn)
 
     def _sync_roots(self) -> None:
         available = {root: root_available(root) for root in self.roots}

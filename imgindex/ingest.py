@@ -398,8 +398,13 @@ class Ingestor:
             if added:
                 new_ids = np.array([i for i, _ in added], dtype=np.int64)
                 new_vecs = np.stack([v for _, v in added])
-                n = self.lib.cache.index.size + len(added) - len(gone)
-                organize.after_batch(conn, self.lib.k_setting, self.lib.dim, new_ids, new_vecs, n)
+                if self.lib.maintains:
+                    n = self.lib.cache.index.size + len(added) - len(gone)
+                    organize.after_batch(
+                        conn, self.lib.k_setting, self.lib.dim, new_ids, new_vecs, n
+                    )
+                else:
+                    organize.assign_batch(conn, new_ids, new_vecs)
             meta.add_embedded(conn, embedded)
         self.report.embedded += embedded
 
@@ -602,10 +607,12 @@ class Ingestor:
     def drain(self, final: bool = True) -> None:
         """Work is done for now: refresh clusters, rebuild the index if the library outgrew its
         kind, and save it (when ``final``, or when the last save is older than a checkpoint)."""
+        self.lib.cache.catch_up()  # other hosts' writes too, on a shared database
         self.lib.cache.maybe_rebuild()
-        vectors = self.lib.cache.index.all_vectors()  # in step with SQLite: we are the writer
-        with self.lib.engine.begin() as conn:
-            organize.after_drain(conn, self.lib.k_setting, self.lib.dim, vectors)
+        if self.lib.maintains:
+            vectors = self.lib.cache.index.all_vectors()  # after_drain checks the count
+            with self.lib.engine.begin() as conn:
+                organize.after_drain(conn, self.lib.k_setting, self.lib.dim, vectors)
         self.checkpoint(force=final)
 
     def checkpoint(self, force: bool = False) -> None:

@@ -10,6 +10,7 @@ cache: without a usable file they search an index built in memory; only the writ
 from __future__ import annotations
 
 import os
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from imgindex.cache import VectorCache
 from imgindex.db import Connection, Engine, clusters, images, meta, queue
 from imgindex.db.engine import make_engine, snapshot
 from imgindex.db.location import Location, locate, record
+from imgindex.db.locks import Maintenance, maintenance_holder
 from imgindex.db.migrate import ensure_schema, no_library
 from imgindex.db.roots import add_root, root_paths
 from imgindex.db.schema import STATUS_FAILED, STATUS_INDEXED, STATUS_PENDING
@@ -53,6 +55,12 @@ def _can_write(paths: LibraryPaths) -> bool:
     return os.access(paths.root, os.W_OK) and os.access(paths.db, os.W_OK)
 
 
+def _client_name(purpose: str) -> str:
+    """How this process names its database sessions: its host and what it does."""
+    host = os.environ.get("IMGINDEX_HOST") or socket.gethostname()
+    return f"{host} ({purpose})"
+
+
 class Library:
     """An open library. Use ``Library.open`` or ``Library.create``; close it when done."""
 
@@ -69,6 +77,8 @@ class Library:
         self.location = location or Location(paths)
         self.engine = engine
         self._lock = lock
+        #: the writer's claim to the cluster maintenance (see ``imgindex.db.locks``)
+        self.maintenance = Maintenance(engine) if lock is not None else None
         self.read_only = False  # the database was opened read-only (see ``_open``)
         with snapshot(engine) as conn:
             self.model: str = meta.model(conn) or DEFAULT_MODEL
@@ -161,7 +171,7 @@ class Library:
         lock = store.WriteLock(paths.lock, purpose) if write else None
         if lock:
             lock.acquire()
-        engine = make_engine(location.target, read_only=read_only)
+        engine = make_engine(location.target, read_only=read_only, client=_client_name(purpose))
         try:
             ensure_schema(engine, location.target, create=create, read_only=read_only)
             lib = cls(paths, engine, lock, location=location, flat_max=flat_max)
@@ -183,6 +193,8 @@ class Library:
             raise
         if write:
             lib.cache.remove_leftovers()
+            assert lib.maintenance is not None
+            lib.maintenance.try_take()
         return lib
 
     def _identity(self, conn: Any) -> str:
@@ -246,7 +258,15 @@ class Library:
     def writable(self) -> bool:
         return self._lock is not None
 
+    @property
+    def maintains(self) -> bool:
+        """Whether this writer runs the cluster maintenance (on SQLite the writer always does;
+        on PostgreSQL one writing host at a time, ``maintenance.try_take``)."""
+        return self.maintenance is not None and self.maintenance.held
+
     def close(self) -> None:
+        if self.maintenance is not None:
+            self.maintenance.release()
         self.engine.dispose()
         if self._lock:
             self._lock.release()
@@ -295,8 +315,17 @@ class Library:
             "index_kind": vi.kind,
             "embedded_total": meta.embedded_total(conn),
             "queued": queue.count(conn),
+            "maintenance": self._maintenance_status(conn),
             "daemon": self._daemon_status(meta.daemon_status(conn)),
         }
+
+    def _maintenance_status(self, conn: Connection) -> str | None:
+        """Who runs the cluster maintenance: ``"this writer"`` on SQLite when a writer is
+        open, the holding session's name (its host) on PostgreSQL, else None."""
+        holder = maintenance_holder(conn)
+        if holder is None and self.location.url is None:
+            return store.lock_holder(self.paths.lock)
+        return holder
 
     def _daemon_status(self, info: dict[str, Any]) -> dict[str, Any]:
         holder = store.lock_holder(self.paths.lock)

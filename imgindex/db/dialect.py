@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Table, column, func, select, table
+from sqlalchemy import BigInteger, Connection, Table, Text, cast, column, func, select, table
 from sqlalchemy.dialects import postgresql, sqlite
 
 from imgindex.db.schema import metadata
@@ -48,6 +48,18 @@ def insert_missing(
         return
     stmt = _insert(conn, target).on_conflict_do_nothing(index_elements=[key])
     conn.execute(stmt, list(rows))
+
+
+def increment(conn: Connection, target: Table, key: str, amount: int) -> int:
+    """Add ``amount`` to the integer kept as text in the ``value`` column of row ``key`` of a
+    key/value table (created at ``amount``); the new value. One statement, so concurrent
+    writers serialise on the row instead of overwriting each other's sums."""
+    value = target.c.value
+    stmt = _insert(conn, target).values(key=key, value=str(amount))
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["key"], set_={"value": cast(cast(value, BigInteger) + amount, Text)}
+    )
+    return int(conn.execute(stmt.returning(value)).scalar_one())
 
 
 def last_autoincrement_id(conn: Connection, table_name: str) -> int:

@@ -25,20 +25,23 @@ def is_url(db: Path | str) -> bool:
     return isinstance(db, str) and db.split(":", 1)[0].split("+", 1)[0] == "postgresql"
 
 
-def make_engine(db: Path | str, *, read_only: bool = False) -> Engine:
-    """Engine for ``db``: a path is a SQLite file, a ``postgresql://`` URL a server."""
+def make_engine(db: Path | str, *, read_only: bool = False, client: str = "imgindex") -> Engine:
+    """Engine for ``db``: a path is a SQLite file, a ``postgresql://`` URL a server, where
+    ``client`` names the sessions (``pg_stat_activity.application_name``: which host)."""
     if is_url(db):
-        return _postgresql_engine(str(db), read_only)
+        return _postgresql_engine(str(db), read_only, client)
     return _sqlite_engine(Path(db), read_only)
 
 
-def _postgresql_engine(url: str, read_only: bool) -> Engine:
+def _postgresql_engine(url: str, read_only: bool, client: str) -> Engine:
     """A PostgreSQL engine through psycopg 3 (``imgindex[postgres]``); a ``read_only`` one's
     transactions are read-only on the server."""
     scheme, rest = url.split("://", 1)
     if scheme == "postgresql":
         url = f"postgresql+psycopg://{rest}"
-    args = {"options": "-c default_transaction_read_only=on"} if read_only else {}
+    args: dict[str, Any] = {"application_name": client[:63]}
+    if read_only:
+        args["options"] = "-c default_transaction_read_only=on"
     return create_engine(url, connect_args=args, pool_pre_ping=True)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, select
 
-from imgindex.db.dialect import upsert
+from imgindex.db.dialect import increment, upsert
 from imgindex.db.schema import meta
 
 # --- the keys ---------------------------------------------------------------------------------
@@ -49,9 +49,8 @@ def _int(conn: Connection, key: str, default: int = 0) -> int:
 
 
 def _add(conn: Connection, key: str, amount: int) -> int:
-    value = _int(conn, key) + amount
-    _set(conn, key, value)
-    return value
+    """Add to a counter in one statement: writers on several hosts never lose an addition."""
+    return increment(conn, meta, key, amount)
 
 
 def _delete(conn: Connection, keys: Iterable[str]) -> None:
