@@ -312,15 +312,12 @@ def _create_if_missing(ctx: typer.Context, roots: list[Path]) -> None:
     """A library with these roots, k auto and the default model, when the data dir has no
     database at all (one that exists but is empty or damaged is refused by ``_open``, as
     always); one line on stderr says so."""
-    from imgindex.db.location import locate
     from imgindex.library import Library
-    from imgindex.paths import LibraryPaths
 
     data = _data_dir(ctx)
-    location = locate(LibraryPaths(data), _database(ctx))
-    if location.url is not None or location.paths.db.exists():
-        return  # a PostgreSQL library is made, or joined, by `imgindex init --database`
-    with Library.create(data, roots, k="auto") as lib:
+    if Library.exists(data, _database(ctx)):
+        return
+    with Library.create(data, roots, k="auto", database=_database(ctx)) as lib:
         typer.echo(
             f"no library in {names.shown(str(lib.paths.root))}: created one with model "
             f"{lib.model}, k auto, roots {', '.join(names.shown(str(r)) for r in lib.roots())} "

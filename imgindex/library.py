@@ -26,7 +26,7 @@ from imgindex.db import Connection, Engine, clusters, images, meta, queue
 from imgindex.db.engine import make_engine, snapshot
 from imgindex.db.location import Location, locate, record
 from imgindex.db.locks import Maintenance, maintenance_holder
-from imgindex.db.migrate import ensure_schema, no_library
+from imgindex.db.migrate import current_revision, ensure_schema, no_library
 from imgindex.db.roots import add_root, root_paths
 from imgindex.db.schema import STATUS_FAILED, STATUS_INDEXED, STATUS_PENDING
 from imgindex.errors import ImgIndexError, LibraryNotFound, ModelMismatch
@@ -121,6 +121,18 @@ class Library:
             raise
         return lib
 
+    @staticmethod
+    def exists(data_dir: Path, database: str | None = None) -> bool:
+        """Whether data dir ``data_dir`` (or ``database``) holds a library already."""
+        location = locate(LibraryPaths(data_dir), database)
+        if location.url is None:
+            return location.paths.db.exists()
+        engine = make_engine(location.url)
+        try:
+            return current_revision(engine) is not None
+        finally:
+            engine.dispose()
+
     @classmethod
     def open(
         cls,
@@ -144,6 +156,8 @@ class Library:
                 "existing one, or --database / IMGINDEX_DATABASE_URL at a PostgreSQL one)"
             )
         if location.url is not None and write:
+            if not cls.exists(data_dir, database):
+                raise no_library(location.url)  # before a data dir is made for nothing
             paths.root.mkdir(parents=True, exist_ok=True)  # this host's cache and lock
         lib = cls._open(location, write=write, purpose=purpose, flat_max=flat_max)
         if write and location.url is not None and not paths.database_url.exists():

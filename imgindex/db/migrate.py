@@ -120,7 +120,8 @@ def no_library(db: Path | str) -> LibraryNotFound:
     where = db if isinstance(db, Path) else shown(db)
     return LibraryNotFound(
         f"{where} holds no imgindex library (it is empty, or another program's); "
-        "create one with `imgindex init DIR...` (or point --data-dir at an existing one)"
+        "create one with `imgindex index DIR...` or `imgindex init DIR...` (or point "
+        "--data-dir at an existing one)"
     )
 
 
