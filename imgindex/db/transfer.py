@@ -245,9 +245,9 @@ def _copy_table(
     if table is index_log:
         dst.execute(delete(index_log))  # the triggers' rows for the images just inserted
     report(table.name, 0)
-    copied = 0
+    copied, keys = 0, table.columns.keys()
     for part in _stream(src, table, chunk):
-        dst.execute(insert(table), [row._asdict() for row in part])
+        dst.execute(insert(table), [dict(zip(keys, row, strict=True)) for row in part])
         copied += len(part)
         report(table.name, copied)
 
