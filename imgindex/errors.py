@@ -39,6 +39,14 @@ class NotInLibrary(ImgIndexError):
     """A path or cluster the user named is not in the library."""
 
 
+class DatabaseNotEmpty(ImgIndexError):
+    """A library is copied only into a database that holds none (``imgindex migrate --to``)."""
+
+
+class CopyMismatch(ImgIndexError):
+    """A copied library differs from its source (row counts or checksums)."""
+
+
 class DecodeFailure(ImgIndexError):
     """A file could not be decoded into an image.
 

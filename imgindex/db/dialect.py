@@ -6,7 +6,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, Table, Text, cast, column, func, select, table
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Table,
+    Text,
+    cast,
+    column,
+    delete,
+    func,
+    insert,
+    select,
+    table,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from imgindex.db.schema import metadata
@@ -81,6 +93,21 @@ def _pg_sequence_value(conn: Connection, table_name: str) -> int:
     # a sequence is a one-row relation; its name comes from the catalogue, quoted there
     row = conn.exec_driver_sql(f"SELECT last_value, is_called FROM {seq}").one()
     return int(row.last_value) if row.is_called else 0
+
+
+def set_autoincrement(conn: Connection, table_name: str, last: int) -> None:
+    """Make ``last`` the last id the table handed out, so the next one is past it (a copied
+    library hands out no id its source already did). PostgreSQL: the column's sequence;
+    SQLite: ``sqlite_sequence`` of an AUTOINCREMENT table (another reuses ``max(id) + 1``)."""
+    if conn.dialect.name == "postgresql":
+        (key,) = metadata.tables[table_name].primary_key.columns
+        seq = func.pg_get_serial_sequence(table_name, key.name)
+        conn.execute(select(func.setval(seq, max(last, 1), last > 0)))
+        return
+    if not metadata.tables[table_name].dialect_options["sqlite"]["autoincrement"]:
+        return
+    conn.execute(delete(_sqlite_sequence).where(_sqlite_sequence.c.name == table_name))
+    conn.execute(insert(_sqlite_sequence).values(name=table_name, seq=last))
 
 
 def integrity_problems(conn: Connection) -> list[str]:
