@@ -703,12 +703,34 @@ def models(as_json: JsonOpt = False) -> None:
 
 
 @app.command()
-def migrate(ctx: typer.Context) -> None:
-    """Upgrade the library's database schema (also done on every open)."""
+def migrate(
+    ctx: typer.Context,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            metavar="URL",
+            help="Move a SQLite library into this empty PostgreSQL database "
+            "(postgresql://USER@HOST/DB), verified before the switch.",
+        ),
+    ] = None,
+) -> None:
+    """Upgrade the library's database schema (also done on every open), or move the library
+    to PostgreSQL (``--to``; stop the daemon first)."""
     from imgindex.db.migrate import SCHEMA_HEAD
 
-    with _open(ctx, write=True, purpose="imgindex migrate"):
-        typer.echo(f"schema at revision {SCHEMA_HEAD}", err=True)
+    with _open(ctx, write=True, purpose="imgindex migrate") as lib:
+        if to is None:
+            typer.echo(f"schema at revision {SCHEMA_HEAD}", err=True)
+            return
+        result = lib.move_to(to, lambda table, n: _copy_progress(table, n))
+        typer.echo(f"copied and verified: {result.summary()}", err=True)
+        typer.echo(f"library {lib.paths.root} now uses {lib.location.shown()}", err=True)
+
+
+def _copy_progress(table: str, rows: int) -> None:
+    if rows == 0:
+        typer.echo(f"copying {table}..." if table != "verifying" else "verifying...", err=True)
 
 
 @app.command("export")

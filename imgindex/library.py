@@ -24,11 +24,12 @@ from imgindex import fsafe, store
 from imgindex.cache import VectorCache
 from imgindex.db import Connection, Engine, clusters, images, meta, queue
 from imgindex.db.engine import make_engine, snapshot
-from imgindex.db.location import Location, locate, record
+from imgindex.db.location import Location, locate, record, url_for
 from imgindex.db.locks import Maintenance, maintenance_holder
 from imgindex.db.migrate import current_revision, ensure_schema, no_library
 from imgindex.db.roots import add_root, root_paths
 from imgindex.db.schema import STATUS_FAILED, STATUS_INDEXED, STATUS_PENDING
+from imgindex.db.transfer import Progress, Verification, copy_library
 from imgindex.errors import ImgIndexError, LibraryNotFound, ModelMismatch
 from imgindex.models import DEFAULT_MODEL, get_spec
 from imgindex.paths import LibraryPaths
@@ -267,6 +268,28 @@ class Library:
             meta.set_model(conn, spec.name, spec.dim)
         self.model, self.dim = spec.name, spec.dim
         self.cache.reset(spec.dim)  # every vector left the log's set: the next load starts empty
+
+    def move_to(self, url: str, progress: Progress | None = None) -> Verification:
+        """Copy this SQLite library into the empty PostgreSQL database at ``url``, verify the
+        copy (row counts and checksums, the vectors' among them), then switch the data dir to
+        it. The SQLite file is kept beside, renamed ``imgindex.db.moved-to-postgresql``; the
+        FAISS file stays valid (the changes log moves with the rows). Needs the write lock."""
+        if not self.writable:
+            raise ValueError("the library must be opened for writing")
+        if self.location.url is not None:
+            raise ImgIndexError(f"the library is in {self.location.shown()} already")
+        target = Location(self.paths, url_for(url))
+        engine = make_engine(url_for(url), client=_client_name("imgindex migrate"))
+        try:
+            result = copy_library(self.engine, engine, progress)
+        finally:
+            engine.dispose()
+        self.engine.dispose()  # SQLite folds its WAL into the file at the last close
+        record(target)
+        self.paths.db.rename(self.paths.db.with_name(f"{self.paths.db.name}.moved-to-postgresql"))
+        self.location = target
+        self.engine = make_engine(url_for(url), client=_client_name("imgindex migrate"))
+        return result
 
     @property
     def writable(self) -> bool:

@@ -105,3 +105,41 @@ def test_an_unreachable_server_is_one_error_line_naming_it(tmp_path: Path) -> No
     assert done.stderr.startswith("error: the library's database server cannot be reached")
     assert str(gone) in done.stderr and done.stderr.count("\n") == 1
     assert "Traceback" not in done.stderr
+
+
+def test_migrate_to_moves_a_sqlite_library_to_postgresql_verified(
+    tmp_path: Path, photos: Path, postgres_server: object
+) -> None:
+    data = tmp_path / "data"
+    cli(data, "init", photos, "--model", "thumbnail", "--k", "2")
+    cli(data, "index")
+    cli(data, "clusters", "name", "1", "Sunsets")
+    before = cli_json(data, "clusters", "--list")
+    hits = cli_json(data, "similar", photos / "reds" / "red_002.jpg")
+    url = postgres_server.create_database()  # type: ignore[attr-defined]
+
+    out = cli(data, "migrate", "--to", url)
+    assert "copied and verified: " in out.stderr and "identical in the copy" in out.stderr
+    assert "now uses postgresql database" in out.stderr
+    assert not (data / "imgindex.db").exists()  # kept beside, never deleted
+    assert (data / "imgindex.db.moved-to-postgresql").is_file()
+    assert cli_json(data, "status")["database"]["backend"] == "postgresql"
+    assert cli_json(data, "clusters", "--list") == before  # names and members came along
+    assert cli_json(data, "similar", photos / "reds" / "red_002.jpg") == hits
+    assert cli_json(data, "index")["unchanged"] == 12  # nothing re-embedded
+
+    again = cli(data, "migrate", "--to", url, code=1)
+    assert again.stderr.startswith("error: the library is in postgresql database")
+
+
+def test_migrate_to_a_database_that_holds_a_library_changes_nothing(
+    tmp_path: Path, photos: Path, postgres_url: str
+) -> None:
+    cli(tmp_path / "pg", "--database", postgres_url, "init", photos, "--model", "thumbnail")
+    cli(tmp_path / "pg", "index")
+    data = tmp_path / "data"
+    cli(data, "init", photos, "--model", "thumbnail")
+    out = cli(data, "migrate", "--to", postgres_url, code=1)
+    assert out.stderr.count("\n") == 1 and "already holds an imgindex library" in out.stderr
+    assert cli_json(data, "status")["database"]["backend"] == "sqlite"
+    assert (data / "imgindex.db").is_file() and not (data / "database.url").exists()

@@ -93,6 +93,11 @@ def parse_url(raw: str) -> URL:
     return url
 
 
+def url_for(raw: str) -> str:
+    """A checked PostgreSQL URL as the engine takes it (with its password, if any)."""
+    return parse_url(raw).render_as_string(hide_password=False)
+
+
 def without_password(url: URL) -> str:
     """The URL as it may be stored and compared: scheme ``postgresql``, no password."""
     bare = URL.create(
