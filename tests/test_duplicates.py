@@ -25,6 +25,8 @@ from imgindex.duplicates import (
 )
 from imgindex.library import Library
 
+pytestmark = pytest.mark.usefixtures("backend")  # every test on SQLite and on PostgreSQL
+
 
 def distances(hashes: np.ndarray, h: int) -> np.ndarray:
     """Hamming distance from ``h`` to each of ``hashes`` (int64 array of stored hashes)."""

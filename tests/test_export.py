@@ -17,6 +17,8 @@ from imgindex import atlas
 from imgindex.db.images import indexed_ids
 from imgindex.library import Library
 
+pytestmark = pytest.mark.usefixtures("backend")  # every test on SQLite and on PostgreSQL
+
 ODD_NAMES = ('comma, "quoted".jpg', "new\nline.jpg", "ünïcødé 写真.jpg", "semi;colon 'x'.jpg")
 
 
