@@ -37,8 +37,8 @@ from imgindex.db.schema import index_log
 #: this old (server clock), so that another host's file, caught up less often, still finds the
 #: rows it lacks; a file older than that is rebuilt, as after any trim.
 LOG_RETENTION_S = 3600.0
-#: ... and a saved position is remembered as a trim point at most this often.
-TRIM_MARK_EVERY_S = LOG_RETENTION_S / 16
+#: ... and a saved position is remembered as a trim mark at most 16 times in that span.
+MARKS_PER_RETENTION = 16
 
 
 class LogPosition(NamedTuple):
@@ -82,7 +82,7 @@ def logged_since(conn: Connection, at: LogPosition) -> np.ndarray:
     return np.fromiter(conn.execute(q).scalars(), dtype=np.int64)
 
 
-def trim_log(conn: Connection, saved: LogPosition, keep_s: float = LOG_RETENTION_S) -> None:
+def trim_log(conn: Connection, saved: LogPosition, keep_s: float | None = None) -> None:
     """Forget log rows that a file saved at ``saved`` no longer needs.
 
     SQLite: every row up to ``saved.seq`` (one library folder, one writer, whose readers map
@@ -90,7 +90,8 @@ def trim_log(conn: Connection, saved: LogPosition, keep_s: float = LOG_RETENTION
 
     PostgreSQL: several hosts keep FAISS files of one database, each at its own position, and
     rows may commit out of ``seq`` order. ``saved`` is remembered as a trim mark (with the
-    server's time); rows go only up to the newest mark at least ``keep_s`` old, and only those
+    server's time); rows go only up to the newest mark at least ``keep_s`` old (default
+    ``LOG_RETENTION_S``, read at the call), and only those
     of finished transactions: ``seq <= mark.seq AND xid < mark.xmin``. The trimmed position
     grows to cover each mark used, so a file of any host not past it in both parts is rebuilt
     rather than caught up (``replayable``); others never need a deleted row. Trims of several
@@ -99,17 +100,18 @@ def trim_log(conn: Connection, saved: LogPosition, keep_s: float = LOG_RETENTION
         conn.execute(delete(index_log).where(index_log.c.seq <= saved.seq))
         meta.set_log_trimmed(conn, max(saved.seq, meta.log_trimmed(conn)[0]))
         return
+    keep = LOG_RETENTION_S if keep_s is None else keep_s
     lock_until_commit(conn, index_log.name)
     now = server_time(conn)
     marks = meta.log_trim_marks(conn)
-    if not marks or now - marks[-1][0] >= min(TRIM_MARK_EVERY_S, keep_s):
+    if not marks or now - marks[-1][0] >= keep / MARKS_PER_RETENTION:
         marks.append((now, saved.seq, saved.xmin))
-    due = [m for m in marks if m[0] <= now - keep_s]
+    due = [m for m in marks if m[0] <= now - keep]
     if due:
-        _, seq, xmin = due[-1]
+        _, seq, xmin = max(due)  # the newest
         cond = and_(index_log.c.seq <= seq, index_log.c.xid < xmin)
         conn.execute(delete(index_log).where(cond))
         old = meta.log_trimmed(conn)
         meta.set_log_trimmed(conn, max(seq, old[0]), max(xmin, old[1]))
-        marks = [m for m in marks if m[0] > now - keep_s]
+        marks = [m for m in marks if m[0] > now - keep]
     meta.set_log_trim_marks(conn, marks)
