@@ -1,8 +1,8 @@
 """The storage layer (``imgindex.db``) on both backends: a SQLite file and a real PostgreSQL
 server (``tests/pg.py``), each built from empty by the same Alembic migrations.
 
-Not here yet (issue 11): the changes log under concurrent writers (a sequence value commits out
-of order across transactions), the CLI and daemon on PostgreSQL, the decode workers' plain
+The changes log under concurrent writers (a sequence value commits out of order across
+transactions) is ``tests/test_changes_log.py``'s. Not here yet (issue 11): the CLI and daemon on PostgreSQL, the decode workers' plain
 connections (``engine.worker_connection``, SQLite only)."""
 
 from __future__ import annotations
