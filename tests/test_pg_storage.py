@@ -2,8 +2,9 @@
 server (``tests/pg.py``), each built from empty by the same Alembic migrations.
 
 The changes log under concurrent writers (a sequence value commits out of order across
-transactions) is ``tests/test_changes_log.py``'s. Not here yet (issue 11): the CLI and daemon on PostgreSQL, the decode workers' plain
-connections (``engine.worker_connection``, SQLite only)."""
+transactions) is tested in ``tests/test_changes_log.py``. Not here yet (issue 11): the CLI and
+daemon on PostgreSQL, the decode workers' plain connections (``engine.worker_connection``,
+SQLite only)."""
 
 from __future__ import annotations
 
