@@ -112,7 +112,8 @@ class Daemon:
         self._last_house = 0.0
         self._last_drain = 0.0
         self._dirty = False
-        self._maintained_head = -1  # the changes log's head at this host's last cluster refresh
+        #: the changes log's head at this host's last cluster refresh
+        self._maintained_head: changes.LogPosition | None = None
         self._cut_short = False  # the ingestor stopped a pass early (SIGTERM)
         self._config_version = 0
         self.embedder: Embedder | None = None  # the one model, loaded after READY
@@ -443,7 +444,7 @@ class Daemon:
         ):
             self._dirty = True  # the next quiet moment drains: clusters, labels, views
 
-    def _log_head(self) -> int:
+    def _log_head(self) -> changes.LogPosition:
         with self.lib.engine.connect() as conn:
             return changes.log_head(conn)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -140,3 +141,27 @@ def test_upgrade_to_ctimes_retries_a_failed_file_once_and_keeps_indexed_ones(tmp
         assert ctime.fetchone()[0] == locked.stat().st_ctime_ns
         assert conn.execute("SELECT count(*) FROM images WHERE ctime_ns IS NULL").fetchone() == (2,)
     assert cli_json(data, "index")["unchanged"] == 3
+
+
+def test_upgrade_to_log_xids_keeps_the_log_and_a_saved_file(tmp_path):
+    """0006 with data and a saved FAISS file: 0007 adds ``index_log.xid`` (0 on SQLite) as a
+    plain ALTER TABLE, so the logged rows and the triggers stay; the file of the older
+    version is still used (its record has no xmin) and a deletion reaches readers."""
+    _photos, data = _v1_library(tmp_path, "0006")
+    cli(data, "index")  # upgrades, saves a file
+    files = sorted(data.glob("vectors.*.faiss"))
+    assert len(files) == 1
+    with sqlite3.connect(data / "imgindex.db") as conn:
+        columns = {r[1]: r for r in conn.execute("PRAGMA table_info(index_log)")}
+        assert columns["xid"][3] == 1 and columns["xid"][4] == "0"  # NOT NULL DEFAULT 0
+        key = f"cache.{files[0].name}"
+        record = json.loads(
+            conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0]
+        )
+        record.pop("xmin")  # as a version before 0007 recorded it
+        conn.execute("UPDATE meta SET value = ? WHERE key = ?", (json.dumps(record), key))
+        conn.execute("DELETE FROM images WHERE id = (SELECT min(id) FROM images)")
+        assert conn.execute("SELECT xid FROM index_log").fetchall() == [(0,)]
+    status = cli_json(data, "status")
+    assert status["indexed"] == status["index_size"] == 1
+    assert sorted(data.glob("vectors.*.faiss")) == files  # the reader overlaid the old file

@@ -3,6 +3,7 @@ does: SQLite (the default, embedded) and PostgreSQL (``imgindex[postgres]``)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,12 +15,14 @@ from sqlalchemy import (
     cast,
     column,
     delete,
+    extract,
     func,
     insert,
     select,
     table,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.elements import ColumnElement
 
 from imgindex.db.schema import metadata
 
@@ -79,8 +82,8 @@ def last_autoincrement_id(conn: Connection, table_name: str) -> int:
     this is a position in the table's history even after rows are deleted.
 
     PostgreSQL: the last value of the column's sequence. A sequence is not transactional: the
-    value may belong to a transaction that has not committed yet (issue 11's "changes log
-    under concurrency" is about exactly that; a single writer, as today, is unaffected)."""
+    value may belong to a transaction that has not committed yet, and ids commit out of
+    order: the changes log reads its head otherwise there (``changes.log_position``)."""
     if conn.dialect.name == "postgresql":
         return _pg_sequence_value(conn, table_name)
     q = select(_sqlite_sequence.c.seq).where(_sqlite_sequence.c.name == table_name)
@@ -108,6 +111,35 @@ def set_autoincrement(conn: Connection, table_name: str, last: int) -> None:
         return
     conn.execute(delete(_sqlite_sequence).where(_sqlite_sequence.c.name == table_name))
     conn.execute(insert(_sqlite_sequence).values(name=table_name, seq=last))
+
+
+def commits_in_id_order(conn: Connection) -> bool:
+    """Whether transactions commit in the order of the ids they took: SQLite has one writer at
+    a time; on PostgreSQL several sessions write at once, so a smaller id may commit later."""
+    return conn.dialect.name != "postgresql"
+
+
+def snapshot_xmin() -> ColumnElement[int]:
+    """PostgreSQL: the ``xmin`` of the statement's snapshot (as BIGINT): every transaction with
+    a smaller id had finished when it was taken, so any row it does not see belongs to a
+    transaction whose id is at least this (``pg_current_xact_id()`` of the writer)."""
+    xmin = func.pg_snapshot_xmin(func.pg_current_snapshot())
+    return cast(cast(xmin, Text), BigInteger)
+
+
+def lock_until_commit(conn: Connection, name: str) -> None:
+    """Serialise the transactions that take this lock (by ``name``) until they end: a
+    PostgreSQL advisory transaction lock; SQLite has one writer at a time already."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(name))))
+
+
+def server_time(conn: Connection) -> float:
+    """Seconds since the epoch on the database server's clock (the transaction's start on
+    PostgreSQL; several hosts share that clock), or this host's for SQLite."""
+    if conn.dialect.name == "postgresql":
+        return float(conn.execute(select(extract("epoch", func.now()))).scalar_one())
+    return time.time()
 
 
 def integrity_problems(conn: Connection) -> list[str]:

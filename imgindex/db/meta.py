@@ -27,6 +27,8 @@ _DAEMON_STATUS = "status.daemon"  # JSON: what the running daemon publishes for 
 _DAEMON_PREFIX = "daemon."  # daemon.<name>: the daemon's settings, as the user wrote them
 _CACHE_PREFIX = "cache."  # cache.<file name>: an index file's record (JSON)
 _LOG_TRIMMED = "index_log_trimmed"  # index_log rows up to this seq were deleted
+_LOG_TRIMMED_XMIN = "index_log_trimmed_xmin"  # PostgreSQL: ... and of transactions below this
+_LOG_TRIM_MARKS = "index_log_trim_marks"  # PostgreSQL: JSON [[time, seq, xmin], ...] saved
 _CLUSTER_N_STEPS = "cluster_n_steps"  # MiniBatchKMeans state
 _CLUSTER_SINCE_REASSIGN = "cluster_since_reassign"
 _CLUSTER_CONSOLIDATED_AT = "cluster_consolidated_at"  # library size at the last consolidation
@@ -172,13 +174,28 @@ def drop_cache_records_except(conn: Connection, file_name: str) -> None:
     )
 
 
-def log_trimmed(conn: Connection) -> int:
-    """The ``index_log`` seq up to which rows were deleted."""
-    return _int(conn, _LOG_TRIMMED)
+def log_trimmed(conn: Connection) -> tuple[int, int]:
+    """``(seq, xmin)``: ``index_log`` rows up to ``seq`` were deleted (on PostgreSQL only
+    those of transactions whose id is below ``xmin``; SQLite's is 0)."""
+    return _int(conn, _LOG_TRIMMED), _int(conn, _LOG_TRIMMED_XMIN)
 
 
-def set_log_trimmed(conn: Connection, seq: int) -> None:
+def set_log_trimmed(conn: Connection, seq: int, xmin: int = 0) -> None:
     _set(conn, _LOG_TRIMMED, seq)
+    if xmin:
+        _set(conn, _LOG_TRIMMED_XMIN, xmin)
+
+
+def log_trim_marks(conn: Connection) -> list[tuple[float, int, int]]:
+    """``(server time, seq, xmin)`` of the log positions saved files reflected, oldest first:
+    the log is trimmed up to one of them once it is old enough (PostgreSQL)."""
+    return [
+        (float(t), int(s), int(x)) for t, s, x in json.loads(_get(conn, _LOG_TRIM_MARKS) or "[]")
+    ]
+
+
+def set_log_trim_marks(conn: Connection, marks: Iterable[tuple[float, int, int]]) -> None:
+    _set(conn, _LOG_TRIM_MARKS, json.dumps([list(m) for m in marks]))
 
 
 # --- clustering -------------------------------------------------------------------------------

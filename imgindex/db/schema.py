@@ -140,12 +140,15 @@ queue = Table(
 Index("ix_queue_due_at", queue.c.due_at)
 
 #: Changes to the set of indexed vectors, appended by triggers on ``images`` (revision 0004);
-#: a FAISS file reflects the log up to some ``seq`` and is caught up from the rows after it.
+#: a FAISS file reflects the log up to some position and is caught up from the rows after it
+#: (``db.changes``). ``xid`` (revision 0007): the writing transaction's id on PostgreSQL
+#: (default ``pg_current_xact_id()``), where rows commit out of ``seq`` order; 0 on SQLite.
 index_log = Table(
     "index_log",
     metadata,
     Column("seq", Int64, primary_key=True, autoincrement=True),
     Column("image_id", Int64, nullable=False),
+    Column("xid", Int64, nullable=False),
     sqlite_autoincrement=True,
 )
 
