@@ -120,9 +120,10 @@ def test_a_copy_holds_every_row_vector_name_and_setting(library: Library, target
             meta.library_id,
             meta.cluster_steps,
             roots.root_paths,
-            changes.log_position,
         ):
             assert read(dst) == read(src), read.__name__
+        # the same log (its xmin is the reading snapshot's, another server's)
+        assert changes.log_position(dst).seq == changes.log_position(src).seq
         assert sorted(queue.entries(dst)) == sorted(queue.entries(src))
         assert clusters.titles(dst)[library.cluster]["name"] == "Beach 2024"
         assert meta.daemon_settings(dst) == {"debounce": "2.5"}
