@@ -87,6 +87,7 @@ def postgres_server() -> Iterator[Server]:
     top = Path(tempfile.mkdtemp(prefix="imgindex-pg-"))
     entry = pwd.getpwnam(USER)
     os.chown(top, entry.pw_uid, entry.pw_gid)
+    top.chmod(0o755)  # the socket is reachable by processes that obey file modes (tests)
     data = top / "data"
     _as_postgres(bindir / "initdb", "-D", data, "-A", "trust", "-U", USER, "--no-sync")
     options = f"-c listen_addresses='' -c unix_socket_directories={top} -c fsync=off"

@@ -25,8 +25,6 @@ from imgindex.duplicates import (
 )
 from imgindex.library import Library
 
-pytestmark = pytest.mark.usefixtures("backend")  # every test on SQLite and on PostgreSQL
-
 
 def distances(hashes: np.ndarray, h: int) -> np.ndarray:
     """Hamming distance from ``h`` to each of ``hashes`` (int64 array of stored hashes)."""
@@ -34,9 +32,10 @@ def distances(hashes: np.ndarray, h: int) -> np.ndarray:
     return np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
 
 
-@pytest.fixture(scope="module")
-def copies(tmp_path_factory) -> tuple[Path, Path]:
-    """An original with an exact copy, a smaller copy of another aspect ratio, a PNG re-encode,
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def copies(request, tmp_path_factory) -> tuple[Path, Path]:
+    """On each backend (a PostgreSQL library's data dir records its database), an original
+    with an exact copy, a smaller copy of another aspect ratio, a PNG re-encode,
     a grey copy, a mirror image, a grey crop; and four different pictures, two files that
     decode as nothing (one a copy of the other)."""
     root = tmp_path_factory.mktemp("dups")
@@ -54,7 +53,10 @@ def copies(tmp_path_factory) -> tuple[Path, Path]:
         draw(family, seed, (640, 480)).save(photos / f"{family}{seed}.jpg")
     (photos / "broken.jpg").write_bytes(b"\xff\xd8 not really a JPEG " * 40)
     shutil.copy(photos / "broken.jpg", photos / "broken_copy.jpg")
-    cli(data, "init", photos, "--model", "thumbnail")
+    where = []
+    if request.param == "postgresql":
+        where = ["--database", request.getfixturevalue("postgres_server").create_database()]
+    cli(data, *where, "init", photos, "--model", "thumbnail")
     cli(data, "index")
     return photos, data
 
