@@ -6,6 +6,8 @@ READY=1, then reconcile with the disk. Loop: turn watcher events into rows of th
 the index when the queue drains, rescan periodically or when events may have been missed.
 Signal handlers only set flags; the loop acts on them. A full disk never stops it: the index
 stays in memory, ``status`` says why it is not saved, and saving resumes when there is room.
+Nor does a PostgreSQL server that goes away: the daemon says so once, waits for it with
+backoff, then rescans (what was being written is redone; nothing is lost or doubled).
 """
 
 from __future__ import annotations
@@ -18,15 +20,16 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from imgindex import settings
 from imgindex.db import changes, images, meta, queue
+from imgindex.db.engine import is_disconnect, ping
 from imgindex.db.roots import root_paths
-from imgindex.errors import ImgIndexError
+from imgindex.errors import DatabaseUnavailable, ImgIndexError
 from imgindex.fsafe import root_available, root_of
 from imgindex.ingest import CHECKPOINT_S, Ingestor
 from imgindex.library import Library
@@ -55,6 +58,8 @@ class Timings:
     settled_age: float = 2.0  # a modified file with an older mtime is not being written
     checkpoint: float = CHECKPOINT_S  # the FAISS file is saved at least this often while busy
     rescan_jitter: float = 0.1  # rescans come every rescan_interval, +- this fraction
+    db_retry: float = 1.0  # a lost database server is tried again after this, then doubling
+    db_retry_max: float = 30.0  # ... up to this
 
     @classmethod
     def parse(cls, pairs: Sequence[str]) -> Timings:
@@ -141,17 +146,18 @@ class Daemon:
             log.info("ready: %s", self._status_line())
             self._load_model()
             self._start_service()
-            self.rescan()
+            self._survive(self.rescan)
             while not self.stop_requested:
-                self.tick()
-            self._set_state("stopping")
+                self._survive(self.tick)
+            self.state = "stopping"
             self.notifier.stopping()
-            self.lib.cache.save()
+            self._unless_lost(self._publish)
+            self._unless_lost(self.lib.cache.save)  # else the next open catches the file up
             self.watcher.stop()
         finally:
             if self.service:
                 self.service.stop()
-            self._publish(final=True)
+            self._unless_lost(lambda: self._publish(final=True))
             self.lib.close()
         log.info("stopped")
         return 0
@@ -226,9 +232,9 @@ class Daemon:
         """One turn of the loop: flags, events, due work, housekeeping, then sleep."""
         self._heartbeat()
         if self.reload_requested:
-            self.reload_requested = False
             self.notifier.reloading()
             self._reload()
+            self.reload_requested = False  # not before: a lost database has it done again
             self._sync_roots()
             self._update_view()
             self.notifier.ready(self._status_line())
@@ -252,6 +258,64 @@ class Daemon:
             self._housekeeping()
         self.sink.wake.wait(self._sleep_for())
         self.sink.wake.clear()
+
+    # --- a database server that goes away ---------------------------------------------------
+
+    def _survive(self, step: Callable[[], None]) -> None:
+        """Run one step of the loop; when the database server is lost during it, wait for the
+        server to come back instead of dying (anything else still ends the daemon)."""
+        try:
+            step()
+        except Exception as exc:
+            if not is_disconnect(exc):
+                raise
+            self._wait_for_database(exc)
+
+    def _wait_for_database(self, exc: BaseException) -> None:
+        """Say once that the server is gone, try it again with exponential backoff (``db_retry``
+        doubling up to ``db_retry_max``), and once it answers, rescan: the step that failed
+        rolled back (its queue rows are still there) and the watcher's events meanwhile were
+        dropped, so the rescan finds whatever changed. Returns early on SIGTERM."""
+        lost_at = time.monotonic()
+        delay = self.timings.db_retry
+        log.warning("database unreachable: %s; retrying in %gs", _first_line(exc), delay)
+        self.state = "waiting for the database"  # not published: the database is where it goes
+        self.notifier.status(f"waiting for the database: {_first_line(exc)}")
+        while not self._pause(delay):
+            try:
+                ping(self.lib.engine)
+            except Exception as again:
+                if not is_disconnect(again):
+                    raise
+                delay = min(2 * delay, self.timings.db_retry_max)
+                log.debug("database still unreachable; retrying in %gs", delay)
+                continue
+            log.info(
+                "database reachable again after %.1f s: rescanning", time.monotonic() - lost_at
+            )
+            self.watcher.missed_events = True  # the next tick rescans
+            return
+
+    def _pause(self, seconds: float) -> bool:
+        """Sleep ``seconds`` while waiting for the database, alive (heartbeats, so the systemd
+        watchdog sees a waiting daemon, not a hung one) and dropping the watcher's events (the
+        rescan that follows finds their changes); True when SIGTERM came."""
+        until = time.monotonic() + seconds
+        while not self.stop_requested and time.monotonic() < until:
+            self._heartbeat()
+            self.sink.drain()
+            self.sink.wake.wait(min(self.timings.tick, max(0.0, until - time.monotonic())))
+            self.sink.wake.clear()
+        return self.stop_requested
+
+    def _unless_lost(self, step: Callable[[], None]) -> None:
+        """Run a step of stopping; a lost database server only skips it (logged)."""
+        try:
+            step()
+        except Exception as exc:
+            if not is_disconnect(exc):
+                raise
+            log.warning("stopping without the database: %s", _first_line(exc))
 
     def rescan(self) -> None:
         """Full reconciliation of every root with the disk."""
@@ -545,3 +609,10 @@ class Daemon:
         }
         with self.lib.engine.begin() as conn:
             meta.publish_daemon_status(conn, info)
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's message on one line (a log line per event); a lost server's names it."""
+    if isinstance(exc, DatabaseUnavailable):
+        return f"{exc.server}: {exc.reason}"
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -26,11 +26,11 @@ import numpy as np
 
 from imgindex import names, organize
 from imgindex.db import Connection, images, meta
-from imgindex.db.engine import WorkerConnection, worker_connection
+from imgindex.db.engine import WorkerConnection, is_disconnect, unavailable, worker_connection
 from imgindex.db.roots import list_roots
 from imgindex.db.schema import STATUS_FAILED, STATUS_INDEXED, STATUS_PENDING
 from imgindex.decode import DEFAULT_MAX_PIXELS, decode_for_model
-from imgindex.errors import DecodeFailure, NotInLibrary
+from imgindex.errors import DatabaseUnavailable, DecodeFailure, NotInLibrary
 from imgindex.fsafe import is_under, root_available, root_of
 from imgindex.library import Library
 from imgindex.models import Embedder, get_spec
@@ -258,10 +258,13 @@ class Ingestor:
 
     def _prepare(self, item: tuple[int, FileStat]) -> Prepared:
         """Runs in a worker thread: read, verify stable, hash, look up, decode. Whatever goes
-        wrong is this file's failure, with the reason."""
+        wrong is this file's failure, with the reason; but a database server that went away
+        is nobody's: it ends the pass (DatabaseUnavailable)."""
         root_id, fs = item
         try:
             return self._prepare_file(root_id, fs)
+        except DatabaseUnavailable:
+            raise
         except Exception as exc:
             log.warning("cannot prepare %s: %r", names.shown(fs.path), exc)
             return Prepared(root_id, fs, "failed", reason=f"unexpected error: {exc!r}")
@@ -308,13 +311,38 @@ class Ingestor:
 
     def _known(self, digest: str) -> int | None:
         """Id of an indexed row with this content (worker threads: a plain DB-API connection
-        each, so the lookup holds the GIL for microseconds, not SQLAlchemy's milliseconds)."""
+        each, so the lookup holds the GIL for microseconds, not SQLAlchemy's milliseconds).
+
+        A connection the server dropped (it restarted) is replaced once; when the new one
+        fails too, the server is gone: DatabaseUnavailable."""
+        try:
+            return images.indexed_id_with_hash(self._worker_conn(), digest, self.lib.model)
+        except Exception as exc:
+            if not is_disconnect(exc):
+                raise
+            self._drop_worker_conn()
+        try:
+            return images.indexed_id_with_hash(self._worker_conn(), digest, self.lib.model)
+        except Exception as exc:
+            if not is_disconnect(exc):
+                raise
+            self._drop_worker_conn()
+            raise unavailable(str(self.lib.location.target), exc) from exc
+
+    def _worker_conn(self) -> WorkerConnection:
+        """This worker thread's connection, opened on first use."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = worker_connection(self.lib.location.target)
             self._local.conn = conn
             self._connections.append(conn)
-        return images.indexed_id_with_hash(conn, digest, self.lib.model)
+        return conn
+
+    def _drop_worker_conn(self) -> None:
+        """Close this worker thread's connection (broken): the next lookup opens another."""
+        conn = self._local.__dict__.pop("conn", None)
+        if conn is not None:
+            conn.close()
 
     def _embed(self, batch: list[Prepared]) -> None:
         """Set each decoded file's vector (and ImageNet top-1 class, for models with a head).
@@ -378,6 +406,8 @@ class Ingestor:
             return
         except Exception as exc:
             self.report = before  # the counts of the rolled-back transaction
+            if is_disconnect(exc):  # no file's fault: the pass ends, the next one redoes it
+                raise
             if len(batch) == 1:
                 self._commit_failure(batch[0], exc)
                 return
@@ -415,6 +445,8 @@ class Ingestor:
         try:
             self._commit([failed])
         except Exception as again:  # not even as failed: it is found again by the next pass
+            if is_disconnect(again):
+                raise
             log.error("cannot record %s as failed: %s", names.shown(p.fs.path), again)
 
     def _apply(

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pg import postgres_server, postgres_url  # noqa: F401  (fixtures: a real PostgreSQL)
+from pg import postgres_server, postgres_url, private_postgres  # noqa: F401  (fixtures: a real PostgreSQL)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CORPUS = REPO.parent / "shared" / "corpus"

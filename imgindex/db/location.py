@@ -50,18 +50,23 @@ class Location:
         """The backend and where it is, for ``status`` (never a password)."""
         if self.url is None:
             return {"backend": "sqlite", "path": str(self.paths.db)}
-        u = make_url(self.url)
-        host = u.host or u.query.get("host") or "localhost"
-        return {
-            "backend": "postgresql",
-            "host": host if isinstance(host, str) else host[0],
-            "port": u.port,
-            "database": u.database,
-            "user": u.username,
-        }
+        return describe_url(self.url)
 
     def shown(self) -> str:
         return shown(self.describe())
+
+
+def describe_url(url: str) -> dict[str, Any]:
+    """A PostgreSQL URL's server, database and user, for ``status`` (never a password)."""
+    u = make_url(url)
+    host = u.host or u.query.get("host") or "localhost"
+    return {
+        "backend": "postgresql",
+        "host": host if isinstance(host, str) else host[0],
+        "port": u.port,
+        "database": u.database,
+        "user": u.username,
+    }
 
 
 def shown(described: dict[str, Any]) -> str:
