@@ -17,12 +17,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from imgindex import fsafe, store
+from imgindex import fsafe, hosts, store
 from imgindex.cache import VectorCache
 from imgindex.db import Connection, Engine, clusters, images, meta, queue
 from imgindex.db.engine import make_engine, snapshot
+from imgindex.db.host import for_host, host_of
 from imgindex.db.migrate import ensure_schema, no_library
-from imgindex.db.roots import add_root, root_paths
+from imgindex.db.roots import add_root, all_roots, root_paths
 from imgindex.db.schema import STATUS_FAILED, STATUS_INDEXED, STATUS_PENDING
 from imgindex.errors import ImgIndexError, LibraryNotFound, ModelMismatch
 from imgindex.models import DEFAULT_MODEL, get_spec
@@ -37,11 +38,12 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Match:
-    """One search result."""
+    """One search result (``host``: the host whose file ``path`` is)."""
 
     path: str
     score: float
     cluster: int | None
+    host: str = hosts.LOCAL
 
 
 def _can_write(paths: LibraryPaths) -> bool:
@@ -51,7 +53,10 @@ def _can_write(paths: LibraryPaths) -> bool:
 
 
 class Library:
-    """An open library. Use ``Library.open`` or ``Library.create``; close it when done."""
+    """An open library. Use ``Library.open`` or ``Library.create``; close it when done.
+
+    Its engine works for one host (``db.host.for_host``; ``hosts.row_host`` when ``engine`` has
+    none): the roots it walks, the rows of its files and its queue are that host's."""
 
     def __init__(
         self,
@@ -62,7 +67,8 @@ class Library:
         flat_max: int = FLAT_MAX,
     ) -> None:
         self.paths = paths
-        self.engine = engine
+        self.host = host_of(engine)  # IMGINDEX_HOST checked here: a bad one stops the open
+        self.engine = for_host(engine, self.host)
         self._lock = lock
         self.read_only = False  # the database was opened read-only (see ``_open``)
         with snapshot(engine) as conn:
@@ -72,7 +78,7 @@ class Library:
             self.library_id: str | None = meta.library_id(conn)  # the writer creates it
         #: the FAISS cache; the writer loads it before its first commit (``cache.load``)
         self.cache = VectorCache(
-            paths.root, self.dim, engine, writes=lock is not None, flat_max=flat_max
+            paths.root, self.dim, self.engine, writes=lock is not None, flat_max=flat_max
         )
 
     # --- opening ------------------------------------------------------------------------------
@@ -259,7 +265,8 @@ class Library:
         counts = images.count_by_status(conn)
         return {
             "data_dir": str(self.paths.root),
-            "roots": [{"path": str(p), "available": p.is_dir()} for p in root_paths(conn)],
+            "host": self.host,
+            "roots": self._roots_status(conn),
             "model": self.model,
             "dim": self.dim,
             "k": self.k_setting,
@@ -273,6 +280,14 @@ class Library:
             "queued": queue.count(conn),
             "daemon": self._daemon_status(meta.daemon_status(conn)),
         }
+
+    def _roots_status(self, conn: Connection) -> list[dict[str, Any]]:
+        """Every host's roots: ``available`` says whether this host's are there now (None for
+        another host's: its disks are not this host's to look at)."""
+        return [
+            {"path": str(p), "host": h, "available": p.is_dir() if h == self.host else None}
+            for h, p in all_roots(conn)
+        ]
 
     def _daemon_status(self, info: dict[str, Any]) -> dict[str, Any]:
         holder = store.lock_holder(self.paths.lock)
@@ -288,8 +303,10 @@ class Library:
         }
 
     def failed(self) -> list[dict[str, Any]]:
+        """Every host's failed and pending files, with their host and reason."""
         with self.engine.connect() as conn:
-            return [{"path": p, "reason": r, "status": s} for p, r, s in images.not_indexed(conn)]
+            rows = images.not_indexed(conn)
+        return [{"host": h, "path": p, "reason": r, "status": s} for h, p, r, s in rows]
 
     def search_stored(self, paths: list[Path], k: int = 10) -> list[Match] | None:
         """The ``k`` nearest images to the first of ``paths`` that is indexed and unchanged,
@@ -334,4 +351,6 @@ class Library:
             return []
         exact = images.stack_blobs([r.vector for r in rows], self.dim) @ np.ravel(vector)
         order = np.argsort(-exact, kind="stable")[:k]
-        return [Match(rows[i].path, float(exact[i]), rows[i].cluster_id) for i in order]
+        return [
+            Match(rows[i].path, float(exact[i]), rows[i].cluster_id, rows[i].host) for i in order
+        ]

@@ -25,6 +25,7 @@ REMOVED = (
     "LISTEN_FDS",
     "LISTEN_PID",
     "TORCH_HOME",
+    "IMGINDEX_HOST",
 )
 
 
