@@ -226,8 +226,8 @@ def add_vectors(data: Path, n: int) -> None:
         conn.execute(
             images.insert(),
             [
-                {"host": lib.host, "path": f"/synthetic/{i}.jpg", "root_id": 1, "size": 1, "mtime_ns": 1,
-                 "status": "indexed", "model": lib.model, "vector": v.tobytes(),
+                {"host": lib.host, "path": f"/synthetic/{i}.jpg", "root_id": 1, "size": 1,
+                 "mtime_ns": 1, "status": "indexed", "model": lib.model, "vector": v.tobytes(),
                  "updated_at": 0.0}
                 for i, v in enumerate(x)
             ],
