@@ -8,6 +8,7 @@ on SQLite and on a real PostgreSQL server (``tests/pg.py``)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import sqlite3
@@ -233,6 +234,11 @@ def test_a_host_never_deletes_the_files_of_another_hosts_root_of_the_same_path(
         ("b", True),
     ]
     assert "host 'a'" in cli(data, "status").stdout
+    # the library is every host's: searches and listings name each file's host
+    top = cli_json(data, "similar", aside / a_files[0].name, "-k", "6")
+    assert {(m["host"], m["path"]) for m in top} == set(rows)
+    exported = json.loads(cli(data, "export", "--json", "-").stdout)
+    assert sorted((r["host"], r["path"]) for r in exported) == rows
 
 
 def test_a_copy_of_another_hosts_file_is_a_new_row_never_a_move(tmp_path, monkeypatch):
