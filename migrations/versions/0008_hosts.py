@@ -88,6 +88,15 @@ def _sqlite_rebuild_all(*, with_host: bool) -> None:
     bind = op.get_bind()
     seq = bind.exec_driver_sql("SELECT seq FROM sqlite_sequence WHERE name = 'images'").scalar()
     old = [_sqlite_rebuild(bind, name, with_host=with_host) for name in TABLES]
+    # renaming roots away made every table that refers to it refer to the old copy: only the
+    # old images may (a table another revision adds must be rebuilt here too, or lose its rows)
+    others = bind.exec_driver_sql(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT IN (?, ?, ?)"
+        " AND sql LIKE '%roots_0008_old%'",
+        tuple(old),
+    ).scalars()
+    if stranded := list(others):
+        raise RuntimeError(f"revision 0008: {stranded} refer to roots; rebuild them too")
     for name in reversed(old):  # images' old copy refers to roots' old copy: it goes first
         op.execute(f'DROP TABLE "{name}"')
     if seq is not None:  # ids are never reused: the new table goes on from the old one's last id
