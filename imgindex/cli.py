@@ -365,7 +365,10 @@ def similar(
         matches = similar_to(lib, photo, k=k, weights=weights)
     if as_json:
         _echo_json(
-            [{"path": m.path, "score": round(m.score, 6), "cluster": m.cluster} for m in matches]
+            [
+                {"path": m.path, "score": round(m.score, 6), "cluster": m.cluster, "host": m.host}
+                for m in matches
+            ]
         )
         return
     for m in matches:
@@ -551,11 +554,15 @@ def status(
             if key == "database":
                 value = shown_database(value)
             if key == "roots":
-                value = ", ".join(
-                    names.shown(r["path"]) + ("" if r["available"] else " (unavailable)")
-                    for r in value
-                )
+                value = ", ".join(names.shown(r["path"]) + _root_note(r) for r in value)
             typer.echo(f"{key:>14}: {value}")
+
+
+def _root_note(root: dict[str, Any]) -> str:
+    """What ``status`` says after a root: whether it is there, or whose it is."""
+    if root["available"] is None:  # another host's root: its disks are not looked at here
+        return f" (host {root['host']!r})"
+    return "" if root["available"] else " (unavailable)"
 
 
 @app.command("check")

@@ -539,7 +539,10 @@ class Ingestor:
     def _moved_away(self, conn: Connection, src: Any) -> bool:
         """True when ``src``'s file is gone from a root that is available (a file on an
         unplugged disk, or in a folder that cannot be read, has not moved: its row stays, and
-        the new file gets a copy)."""
+        the new file gets a copy). Only a row of this host can have moved here: another
+        host's path names a file on that host's disks, never looked at here."""
+        if src.host != self.lib.host:
+            return False
         if any(r.id == src.id for r in self._dropped.values()):
             return False  # its row was replaced in this batch (two files swapped names)
         if not vanished(src.path):

@@ -10,7 +10,6 @@ cache: without a usable file they search an index built in memory; only the writ
 from __future__ import annotations
 
 import os
-import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -20,14 +19,15 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from imgindex import fsafe, store
+from imgindex import fsafe, hosts, store
 from imgindex.cache import VectorCache
 from imgindex.db import Connection, Engine, clusters, images, meta, queue
 from imgindex.db.engine import make_engine, snapshot
+from imgindex.db.host import for_host, host_of
 from imgindex.db.location import Location, locate, record, url_for
 from imgindex.db.locks import Maintenance, maintenance_holder
 from imgindex.db.migrate import current_revision, ensure_schema, no_library
-from imgindex.db.roots import add_root, root_paths
+from imgindex.db.roots import add_root, all_roots, root_paths
 from imgindex.db.schema import STATUS_FAILED, STATUS_INDEXED, STATUS_PENDING
 from imgindex.db.transfer import Progress, Verification, copy_library
 from imgindex.errors import ImgIndexError, LibraryNotFound, ModelMismatch
@@ -43,11 +43,12 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Match:
-    """One search result."""
+    """One search result (``host``: the host whose file ``path`` is)."""
 
     path: str
     score: float
     cluster: int | None
+    host: str = hosts.LOCAL
 
 
 def _can_write(paths: LibraryPaths) -> bool:
@@ -58,12 +59,14 @@ def _can_write(paths: LibraryPaths) -> bool:
 
 def _client_name(purpose: str) -> str:
     """How this process names its database sessions: its host and what it does."""
-    host = os.environ.get("IMGINDEX_HOST") or socket.gethostname()
-    return f"{host} ({purpose})"
+    return f"{hosts.this_host()} ({purpose})"
 
 
 class Library:
-    """An open library. Use ``Library.open`` or ``Library.create``; close it when done."""
+    """An open library. Use ``Library.open`` or ``Library.create``; close it when done.
+
+    Its engine works for one host (``db.host.for_host``; ``hosts.row_host`` when ``engine`` has
+    none): the roots it walks, the rows of its files and its queue are that host's."""
 
     def __init__(
         self,
@@ -76,7 +79,8 @@ class Library:
     ) -> None:
         self.paths = paths
         self.location = location or Location(paths)
-        self.engine = engine
+        self.host = host_of(engine)  # IMGINDEX_HOST checked here: a bad one stops the open
+        self.engine = for_host(engine, self.host)
         self._lock = lock
         #: the writer's claim to the cluster maintenance (see ``imgindex.db.locks``)
         self.maintenance = Maintenance(engine) if lock is not None else None
@@ -88,7 +92,7 @@ class Library:
             self.library_id: str | None = meta.library_id(conn)  # the writer creates it
         #: the FAISS cache; the writer loads it before its first commit (``cache.load``)
         self.cache = VectorCache(
-            paths.root, self.dim, engine, writes=lock is not None, flat_max=flat_max
+            paths.root, self.dim, self.engine, writes=lock is not None, flat_max=flat_max
         )
 
     # --- opening ------------------------------------------------------------------------------
@@ -340,7 +344,8 @@ class Library:
         return {
             "data_dir": str(self.paths.root),
             "database": self.location.describe(),
-            "roots": [{"path": str(p), "available": p.is_dir()} for p in root_paths(conn)],
+            "host": self.host,
+            "roots": self._roots_status(conn),
             "model": self.model,
             "dim": self.dim,
             "k": self.k_setting,
@@ -364,6 +369,14 @@ class Library:
             return store.lock_holder(self.paths.lock)
         return holder
 
+    def _roots_status(self, conn: Connection) -> list[dict[str, Any]]:
+        """Every host's roots: ``available`` says whether this host's are there now (None for
+        another host's: its disks are not this host's to look at)."""
+        return [
+            {"path": str(p), "host": h, "available": p.is_dir() if h == self.host else None}
+            for h, p in all_roots(conn)
+        ]
+
     def _daemon_status(self, info: dict[str, Any]) -> dict[str, Any]:
         holder = store.lock_holder(self.paths.lock)
         running = bool(holder and "daemon" in holder)
@@ -378,8 +391,10 @@ class Library:
         }
 
     def failed(self) -> list[dict[str, Any]]:
+        """Every host's failed and pending files, with their host and reason."""
         with self.engine.connect() as conn:
-            return [{"path": p, "reason": r, "status": s} for p, r, s in images.not_indexed(conn)]
+            rows = images.not_indexed(conn)
+        return [{"host": h, "path": p, "reason": r, "status": s} for h, p, r, s in rows]
 
     def search_stored(self, paths: list[Path], k: int = 10) -> list[Match] | None:
         """The ``k`` nearest images to the first of ``paths`` that is indexed and unchanged,
@@ -424,4 +439,6 @@ class Library:
             return []
         exact = images.stack_blobs([r.vector for r in rows], self.dim) @ np.ravel(vector)
         order = np.argsort(-exact, kind="stable")[:k]
-        return [Match(rows[i].path, float(exact[i]), rows[i].cluster_id) for i in order]
+        return [
+            Match(rows[i].path, float(exact[i]), rows[i].cluster_id, rows[i].host) for i in order
+        ]

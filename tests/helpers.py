@@ -87,8 +87,9 @@ def row_count(data: Path) -> int:
 
 def synthetic_row(path: str, vector: Any, model: str, **extra: Any) -> dict[str, Any]:
     """An indexed ``images`` row of a file that does not exist, for libraries of made-up vectors
-    (root 1 must exist)."""
+    (root 1 must exist), of the one host of a SQLite library (``imgindex.hosts.LOCAL``)."""
     return {
+        "host": "",
         "path": path,
         "root_id": 1,
         "size": 1,

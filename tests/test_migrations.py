@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -165,3 +166,43 @@ def test_upgrade_to_log_xids_keeps_the_log_and_a_saved_file(tmp_path):
     status = cli_json(data, "status")
     assert status["indexed"] == status["index_size"] == 1
     assert sorted(data.glob("vectors.*.faiss")) == files  # the reader overlaid the old file
+
+
+def test_upgrade_to_hosts_keeps_every_row_the_librarys_own_with_its_ids_and_triggers(tmp_path):
+    """Revision 0008 rebuilds roots, images and queue on SQLite: the 0006 library's rows keep
+    their ids, belong to the library's one host (``""``), ids handed out are not handed out
+    again, the changes log's triggers fire, and a root's images still go with it."""
+    shutil.copytree(Path(__file__).parent / "data" / "library-0006", tmp_path / "old")
+    data = tmp_path / "old" / "data"
+    db = data / "imgindex.db"
+    query = "SELECT id, path, status, vector FROM images ORDER BY id"
+    with sqlite3.connect(db) as conn:
+        before = conn.execute(query).fetchall()
+        (seq,) = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'images'").fetchone()
+    assert cli_json(data, "status")["indexed"] == 12  # opening upgrades
+    with sqlite3.connect(db) as conn:
+        assert conn.execute(query).fetchall() == before
+        for table in ("roots", "images"):
+            assert conn.execute(f"SELECT DISTINCT host FROM {table}").fetchall() == [("",)]
+        assert conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'images'").fetchone() == (
+            seq,
+        )
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert not any("0008" in t for t in tables)
+        triggers = {
+            r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='trigger'")
+        }
+        assert triggers == {"images_log_insert", "images_log_update", "images_log_delete"}
+        logged = conn.execute("SELECT count(*) FROM index_log").fetchone()[0]
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("DELETE FROM roots")  # a root's images go with it, each logged
+        assert conn.execute("SELECT count(*) FROM images").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM index_log").fetchone()[0] == logged + 12
+        conn.execute("INSERT INTO roots (id, host, path, added_at) VALUES (1, '', '/', 0)")
+        conn.execute(
+            "INSERT INTO images (host, path, root_id, size, mtime_ns, status, updated_at)"
+            " VALUES ('', '/x.jpg', 1, 1, 1, 'failed', 0)"
+        )
+        assert conn.execute("SELECT max(id) FROM images").fetchone()[0] == seq + 1

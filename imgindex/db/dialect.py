@@ -42,26 +42,31 @@ def _insert(conn: Connection, target: Table) -> Any:
 
 
 def upsert(
-    conn: Connection, target: Table, rows: Sequence[dict[str, Any]], key: str, update: Sequence[str]
+    conn: Connection,
+    target: Table,
+    rows: Sequence[dict[str, Any]],
+    key: str | Sequence[str],
+    update: Sequence[str],
 ) -> None:
-    """Insert ``rows``; a row whose ``key`` exists already gets the ``update`` columns of the
-    new row instead (``INSERT ... ON CONFLICT DO UPDATE``)."""
+    """Insert ``rows``; a row whose ``key`` (a unique column, or columns) exists already gets
+    the ``update`` columns of the new row instead (``INSERT ... ON CONFLICT DO UPDATE``)."""
     if not rows:
         return
     stmt = _insert(conn, target)
     stmt = stmt.on_conflict_do_update(
-        index_elements=[key], set_={c: stmt.excluded[c] for c in update}
+        index_elements=_columns(key), set_={c: stmt.excluded[c] for c in update}
     )
     conn.execute(stmt, list(rows))
 
 
 def insert_missing(
-    conn: Connection, target: Table, rows: Sequence[dict[str, Any]], key: str
+    conn: Connection, target: Table, rows: Sequence[dict[str, Any]], key: str | Sequence[str]
 ) -> None:
-    """Insert those of ``rows`` whose ``key`` is not there yet (``INSERT OR IGNORE``)."""
+    """Insert those of ``rows`` whose ``key`` (a unique column, or columns) is not there yet
+    (``INSERT OR IGNORE``)."""
     if not rows:
         return
-    stmt = _insert(conn, target).on_conflict_do_nothing(index_elements=[key])
+    stmt = _insert(conn, target).on_conflict_do_nothing(index_elements=_columns(key))
     conn.execute(stmt, list(rows))
 
 
@@ -75,6 +80,10 @@ def increment(conn: Connection, target: Table, key: str, amount: int) -> int:
         index_elements=["key"], set_={"value": cast(cast(value, BigInteger) + amount, Text)}
     )
     return int(conn.execute(stmt.returning(value)).scalar_one())
+
+
+def _columns(key: str | Sequence[str]) -> list[str]:
+    return [key] if isinstance(key, str) else list(key)
 
 
 def last_autoincrement_id(conn: Connection, table_name: str) -> int:

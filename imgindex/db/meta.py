@@ -1,5 +1,8 @@
 """The ``meta`` table: library-wide settings and counters as key/value text, read and written
-only through the typed accessors below (one per key), so no key is spelt twice."""
+only through the typed accessors below (one per key), so no key is spelt twice.
+
+A few keys are a host's own (its mount points, its daemon's status): ``KEY@HOST`` for the
+connection's host (``host.host_of``), plain ``KEY`` for ``hosts.LOCAL``, as before hosts."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, select
 
 from imgindex.db.dialect import increment, upsert
+from imgindex.db.host import host_of
 from imgindex.db.schema import meta
 
 # --- the keys ---------------------------------------------------------------------------------
@@ -53,6 +57,12 @@ def _int(conn: Connection, key: str, default: int = 0) -> int:
 def _add(conn: Connection, key: str, amount: int) -> int:
     """Add to a counter in one statement: writers on several hosts never lose an addition."""
     return increment(conn, meta, key, amount)
+
+
+def _own(conn: Connection, key: str) -> str:
+    """``key`` of the connection's host."""
+    host = host_of(conn)
+    return f"{key}@{host}" if host else key
 
 
 def _delete(conn: Connection, keys: Iterable[str]) -> None:
@@ -116,25 +126,25 @@ def add_embedded(conn: Connection, count: int) -> int:
 
 
 def mount_points(conn: Connection) -> list[str]:
-    """Sub-folders of roots that a walk found to be mount points."""
-    return json.loads(_get(conn, _MOUNT_POINTS) or "[]")
+    """Sub-folders of this host's roots that a walk found to be mount points."""
+    return json.loads(_get(conn, _own(conn, _MOUNT_POINTS)) or "[]")
 
 
 def set_mount_points(conn: Connection, points: Iterable[str]) -> None:
-    _set(conn, _MOUNT_POINTS, json.dumps(sorted(points)))
+    _set(conn, _own(conn, _MOUNT_POINTS), json.dumps(sorted(points)))
 
 
 # --- the daemon -------------------------------------------------------------------------------
 
 
 def daemon_status(conn: Connection) -> dict[str, Any]:
-    """What the daemon last published about itself (``{}``: never ran)."""
-    raw = _get(conn, _DAEMON_STATUS)
+    """What this host's daemon last published about itself (``{}``: never ran)."""
+    raw = _get(conn, _own(conn, _DAEMON_STATUS))
     return json.loads(raw) if raw else {}
 
 
 def publish_daemon_status(conn: Connection, info: dict[str, Any]) -> None:
-    _set(conn, _DAEMON_STATUS, json.dumps(info))
+    _set(conn, _own(conn, _DAEMON_STATUS), json.dumps(info))
 
 
 def daemon_settings(conn: Connection) -> dict[str, str]:
