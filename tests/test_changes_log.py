@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, select, text
 
 from imgindex.cache import VectorCache
 from imgindex.db import changes, images, meta, migrate, roots
@@ -69,6 +69,18 @@ def insert(conn: Connection, name: str, seed: int = 0) -> int:
     """An indexed image ``/p/<name>.jpg``; its id (the trigger logs it)."""
     row = {"path": f"/p/{name}.jpg", "root_id": 1, "size": 1, "mtime_ns": 1, "updated_at": 0.0}
     return images.insert_indexed(conn, row, "m", _vec(random.Random(seed)))
+
+
+def insert_0006(conn: Connection, name: str) -> int:
+    """``insert`` on a database still at revision 0006 (no host column yet), in plain SQL."""
+    on_pg = conn.dialect.name == "postgresql"
+    path = f"/p/{name}.jpg"
+    row = {"p": path.encode() if on_pg else path, "v": _vec(random.Random(0)).tobytes()}
+    q = text(
+        "INSERT INTO images (path, root_id, size, mtime_ns, status, model, vector, updated_at) "
+        "VALUES (:p, 1, 1, 1, 'indexed', 'm', :v, 0) RETURNING id"
+    )
+    return int(conn.execute(q, row).scalar_one())
 
 
 def held(cache: VectorCache) -> list[int]:
@@ -272,12 +284,15 @@ def test_upgrading_to_0007_keeps_the_logged_changes_and_logs_new_ones_with_xids(
     try:
         migrate.upgrade(eng, path, target="0006")
         with eng.begin() as conn:
-            roots.add_root(conn, Path("/p"))
-            a = insert(conn, "a")
+            root = b"/p" if backend == "postgresql" else "/p"
+            conn.execute(
+                text("INSERT INTO roots (id, path, added_at) VALUES (1, :p, 0)"), {"p": root}
+            )
+            a = insert_0006(conn, "a")
         with eng.connect() as conn:
             before = changes.log_head(conn)  # a cache's position, saved before the upgrade
         with eng.begin() as conn:
-            b = insert(conn, "b")
+            b = insert_0006(conn, "b")
         migrate.upgrade(eng, path)
         with eng.begin() as conn:
             c = insert(conn, "c")

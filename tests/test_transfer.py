@@ -17,6 +17,7 @@ from helpers import cli, cli_json
 from imaging import draw, make_photos
 from sqlalchemy import Engine, inspect, make_url, select
 
+from imgindex import hosts
 from imgindex.cache import VectorCache
 from imgindex.db import changes, clusters, images, meta, migrate, queue, roots
 from imgindex.db.engine import make_engine
@@ -93,13 +94,36 @@ def _rows(engine: Engine) -> dict[str, list[tuple]]:
     return out
 
 
+def _adopted(dump: dict[str, list], host: str) -> dict[str, list]:
+    """``_rows`` of a SQLite library as they read once copied by ``host``: the rows and the
+    per-host settings of its only host ('') are ``host``'s."""
+
+    def row(name: str, r: tuple) -> tuple:
+        if name == "meta":
+            return (meta.adopted_key(r[0], host), *r[1:])
+        cols = metadata.tables[name].columns.keys()
+        return tuple(host if c == "host" and v == "" else v for c, v in zip(cols, r, strict=True))
+
+    return {name: sorted((row(name, r) for r in rows), key=repr) for name, rows in dump.items()}
+
+
 def test_a_copy_holds_every_row_vector_name_and_setting(library: Library, target: Engine):
     seen: list[tuple[str, int]] = []
     result = copy_library(library.engine, target, lambda t, n: seen.append((t, n)), chunk=CHUNK)
 
     assert result.ok and result.source == result.target
     source_rows = _rows(library.engine)
-    assert _rows(target) == source_rows
+    copied = _rows(target)
+    # the SQLite library's only host ('') is the copying host's on the shared database
+    here = hosts.this_host()
+    owners = {
+        r[list(metadata.tables[t].columns.keys()).index("host")]
+        for t in ("roots", "images", "queue")
+        for r in copied[t]
+    }
+    assert owners == {here}
+    assert "cache.vectors." not in str([k for k, _ in copied["meta"] if "@" not in k])
+    assert copied == _adopted(source_rows, here)
     assert all(source_rows[t] for t in ("meta", "roots", "images", "clusters", "queue"))
     with library.engine.connect() as src:
         assert result.target.vectors == images.count_indexed(src) == 18  # 16 + 2 odd names

@@ -167,21 +167,43 @@ def set_daemon_setting(conn: Connection, name: str, raw: str) -> None:
 
 
 def cache_record(conn: Connection, file_name: str) -> str | None:
-    """The record (JSON) saved with index file ``file_name``, or None."""
-    return _get(conn, _CACHE_PREFIX + file_name)
+    """The record (JSON) saved with index file ``file_name`` of the connection's host (each
+    host keeps its own files in its own data dir), or None."""
+    return _get(conn, _own(conn, _CACHE_PREFIX + file_name))
 
 
 def set_cache_record(conn: Connection, file_name: str, record: str) -> None:
-    _set(conn, _CACHE_PREFIX + file_name, record)
+    _set(conn, _own(conn, _CACHE_PREFIX + file_name), record)
 
 
 def drop_cache_records_except(conn: Connection, file_name: str) -> None:
-    """Forget the records of every index file but ``file_name``."""
+    """Forget the records of every index file of the connection's host but ``file_name``
+    (other hosts' records are theirs)."""
+    host = host_of(conn)
+    key = meta.c.key
+    mine = key.endswith(f"@{host}", autoescape=True) if host else ~key.contains("@")
     conn.execute(
         delete(meta).where(
-            meta.c.key.like(_CACHE_PREFIX + "vectors.%"), meta.c.key != _CACHE_PREFIX + file_name
+            key.like(_CACHE_PREFIX + "vectors.%"),
+            mine,
+            key != _own(conn, _CACHE_PREFIX + file_name),
         )
     )
+
+
+def adopted_key(key: str, host: str) -> str:
+    """``key`` once ``adopt_host_keys(conn, host)`` ran: a per-host key of the library's only
+    host (no ``@``) becomes ``host``'s; any other key stays."""
+    per_host = key in (_MOUNT_POINTS, _DAEMON_STATUS) or key.startswith(_CACHE_PREFIX + "vectors.")
+    return f"{key}@{host}" if per_host and "@" not in key else key
+
+
+def adopt_host_keys(conn: Connection, host: str) -> None:
+    """Make the per-host keys of the library's only host (a SQLite library's) ``host``'s:
+    what a library copied into a shared database does for the host copying it."""
+    for key in list(conn.execute(select(meta.c.key)).scalars()):
+        if (new := adopted_key(key, host)) != key:
+            conn.execute(meta.update().where(meta.c.key == key).values(key=new))
 
 
 def log_trimmed(conn: Connection) -> tuple[int, int]:

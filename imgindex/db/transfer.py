@@ -44,11 +44,13 @@ from sqlalchemy import (
     select,
 )
 
-from imgindex import names
-from imgindex.db import migrate
+from imgindex import hosts, names
+from imgindex.db import meta, migrate
 from imgindex.db.dialect import last_autoincrement_id, set_autoincrement
 from imgindex.db.engine import snapshot
-from imgindex.db.schema import FsPath, images, index_log, metadata
+from imgindex.db.host import host_of
+from imgindex.db.schema import FsPath, images, index_log, metadata, queue, roots
+from imgindex.db.schema import meta as meta_table
 from imgindex.errors import CopyMismatch, DatabaseNotEmpty, ImgIndexError
 
 #: Rows read and written at a time: memory stays bounded by this many rows (vectors included).
@@ -133,7 +135,9 @@ def copy_library(
     source: Engine, target: Engine, progress: Progress | None = None, *, chunk: int = CHUNK
 ) -> Verification:
     """Copy the library in ``source`` into ``target``, which must hold none, creating the
-    schema there by the migrations; commit only once ``verify``'s figures of both agree.
+    schema there by the migrations; commit only once ``verify``'s figures of both agree. The
+    rows of a SQLite library's only host then become the copying host's (``host_of`` the
+    target: on a shared database rows are named by host), in the same transaction.
     Raises DatabaseNotEmpty (target refused, untouched), CopyMismatch (nothing committed)."""
     report = progress or (lambda _name, _n: None)
     where = described(target)
@@ -144,8 +148,11 @@ def copy_library(
             _copy_table(src, dst, table, chunk, report)
         for table in SEQUENCED:
             set_autoincrement(dst, table.name, last_id(src, table))
+        owner = _owner(dst)
+        if owner is not None:
+            adopt_rows(dst, owner)
         report("verifying", 0)
-        result = Verification(figures(src, chunk), figures(dst, chunk))
+        result = Verification(figures(src, chunk, owner), figures(dst, chunk))
         _raise_unless_ok(result, where)
     return result
 
@@ -153,21 +160,23 @@ def copy_library(
 def verify(source: Engine, target: Engine, *, chunk: int = CHUNK) -> Verification:
     """Compare the library in ``source`` with its copy in ``target``, each read in one
     snapshot; raises CopyMismatch naming what differs."""
-    with snapshot(source) as src:
-        mine = figures(src, chunk)
     with snapshot(target) as dst:
         theirs = figures(dst, chunk)
+        owner = _owner(dst)
+    with snapshot(source) as src:
+        mine = figures(src, chunk, owner)
     result = Verification(mine, theirs)
     _raise_unless_ok(result, described(target))
     return result
 
 
-def figures(conn: Connection, chunk: int = CHUNK) -> Figures:
-    """The figures of the library ``conn`` sees, read ``chunk`` rows at a time."""
+def figures(conn: Connection, chunk: int = CHUNK, owner: str | None = None) -> Figures:
+    """The figures of the library ``conn`` sees, read ``chunk`` rows at a time; ``owner``:
+    as they are once the rows of its only host are that host's (``adopt_rows``)."""
     rows, digests = {}, {}
     vectors, checksum = 0, hashlib.blake2b(digest_size=32)
     for table in TABLES:
-        encode = _encoder(table)
+        encode = _encoder(table, owner)
         count, total = 0, 0
         for part in _stream(conn, table, chunk):
             for row in part:
@@ -199,6 +208,14 @@ def described(engine: Engine) -> str:
 
 
 # --- copying ----------------------------------------------------------------------------------
+
+
+def adopt_rows(conn: Connection, host: str) -> None:
+    """Make the rows of the library's only host (``hosts.LOCAL``) ``host``'s: roots, images,
+    the queue and the per-host settings (a SQLite library copied into a shared database)."""
+    for table in (roots, images, queue):
+        conn.execute(table.update().where(table.c.host == hosts.LOCAL).values(host=host))
+    meta.adopt_host_keys(conn, host)
 
 
 def _check_source(src: Connection) -> None:
@@ -256,7 +273,7 @@ def _stream(conn: Connection, table: Table, chunk: int) -> Iterator[Sequence[Row
     """The rows of ``table`` in key order, ``chunk`` at a time (a server-side cursor on
     PostgreSQL)."""
     q = select(table).order_by(*table.primary_key.columns)
-    yield from conn.execution_options(yield_per=chunk).execute(q).partitions()
+    yield from conn.execute(q.execution_options(yield_per=chunk)).partitions()
 
 
 def _count(conn: Connection, table: Table) -> int:
@@ -273,15 +290,39 @@ def _raise_unless_ok(result: Verification, where: str) -> None:
 # --- checksums ----------------------------------------------------------------------------------
 
 
-def _encoder(table: Table) -> Callable[[Row[Any]], bytes]:
+def _encoder(table: Table, owner: str | None = None) -> Callable[[Row[Any]], bytes]:
     """A row of ``table`` as bytes, the same whichever database it was read from: each value
-    tagged with its kind and length (a path as its raw bytes, a float exactly)."""
+    tagged with its kind and length (a path as its raw bytes, a float exactly). ``owner``:
+    the row as ``adopt_rows`` makes it for that host."""
     kinds = [_kind(col) for col in table.columns]
+    adopt = _adopted(table, owner)
 
     def encode(row: Row[Any]) -> bytes:
-        return b"".join(_field(kind, value) for kind, value in zip(kinds, row, strict=True))
+        values = adopt(row)
+        return b"".join(_field(kind, value) for kind, value in zip(kinds, values, strict=True))
 
     return encode
+
+
+def _adopted(table: Table, owner: str | None) -> Callable[[Row[Any]], Sequence[Any]]:
+    """How ``adopt_rows`` changes a row of ``table`` for ``owner`` (None: not at all)."""
+    if owner is None:
+        return lambda row: row
+    if table is meta_table:
+        return lambda row: (meta.adopted_key(row[0], owner), *row[1:])
+    if "host" in table.columns:
+        at = list(table.columns.keys()).index("host")
+        return lambda row: tuple(
+            owner if i == at and v == hosts.LOCAL else v for i, v in enumerate(row)
+        )
+    return lambda row: row
+
+
+def _owner(conn: Connection) -> str | None:
+    """The host a copy's rows of the library's only host become (None: they stay so, as on a
+    SQLite target)."""
+    owner = host_of(conn)
+    return None if owner == hosts.LOCAL else owner
 
 
 def _kind(col: Column[Any]) -> str:
