@@ -30,6 +30,7 @@ class DaemonProcess:
         watchdog_usec: int | None = None,
         quick: bool = True,
         preexec_fn: Callable[[], None] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         """``quick``: short ``--debounce`` and ``--batch-seconds`` (else the settings'), and
         short housekeeping rounds and drains (``QUICK_TIMINGS``, else the daemon's own)."""
@@ -43,9 +44,9 @@ class DaemonProcess:
         self._reading = True
         self._reader = threading.Thread(target=self._read_all, daemon=True)
         self._reader.start()
-        env = {**os.environ, "NOTIFY_SOCKET": str(self.sock_path)}
+        environ = {**os.environ, **(env or {}), "NOTIFY_SOCKET": str(self.sock_path)}
         if watchdog_usec:
-            env["WATCHDOG_USEC"] = str(watchdog_usec)
+            environ["WATCHDOG_USEC"] = str(watchdog_usec)
         self.log = open(data.parent / "daemon.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
@@ -61,7 +62,7 @@ class DaemonProcess:
             ],
             stdout=subprocess.PIPE,
             stderr=self.log,
-            env=env,
+            env=environ,
             preexec_fn=preexec_fn,
         )
 
