@@ -17,12 +17,12 @@ from imaging import make_photos
 
 from imgindex.vindex import VectorIndex
 
+pytestmark = pytest.mark.usefixtures("backend")  # every test on SQLite and on PostgreSQL
+
 CHILD = r"""
 import os, signal, sys
 from imgindex import ingest, vindex
 from imgindex.cli import main
-
-pytestmark = pytest.mark.usefixtures("backend")  # every test on SQLite and on PostgreSQL
 
 point, after = sys.argv[1], int(sys.argv[2])
 calls = {"n": 0}

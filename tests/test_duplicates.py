@@ -89,7 +89,8 @@ def test_json_members_first_then_by_score_with_kinds(copies):
     _, data = copies
     members = cli_json(data, "duplicates")[0]["members"]
     assert all(set(m) == {"path", "score", "kind", "distance", "host"} for m in members)
-    assert {m["host"] for m in members} == {""}  # a SQLite library is its one host's
+    # one host's library: '' on SQLite ("this machine"), the host's name on PostgreSQL
+    assert {m["host"] for m in members} == {cli_json(data, "status")["host"]}
     first, rest = members[0], members[1:]
     # the largest picture first: most pixels, then the largest file (the JPEGs, not the PNG
     # of this flat drawing), then the path

@@ -69,7 +69,7 @@ def test_the_daemon_waits_out_a_stopped_server_and_loses_nothing(
         wait_for(lambda: _complete(data, 22), 60, daemon.log_text)
         print(f"back up to complete: {time.monotonic() - down_at:.1f} s")
         assert "database reachable again" in daemon.log_text()
-        assert cli_json(data, "status")["daemon"]["state"] == "watching"
+        wait_for(lambda: cli_json(data, "status")["daemon"]["state"] == "watching", 30)
     check = cli_json(data, "check")
     assert check["problems"] == [], check
     sizes = sum(c["size"] for c in cli_json(data, "clusters", "--list"))
