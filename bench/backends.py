@@ -376,7 +376,8 @@ def wait(proc: subprocess.Popen, reports: list[dict]) -> float:
     report = json.loads(out)
     report["retried"] = err.count("writing them one by one")  # a batch's transaction failed
     if report["retried"]:
-        print(err.strip().splitlines()[-1][:300], file=sys.stderr)
+        why = next(x for x in err.splitlines() if "writing them one by one" in x or "(psycopg" in x)
+        print(why[:300], file=sys.stderr)
     reports.append(report)
     return usage.ru_utime + usage.ru_stime
 
