@@ -1,7 +1,8 @@
 """The same library on SQLite and on PostgreSQL, in one run: ingest, queries at scale, two writers.
 
-    python bench/backends.py [--sizes 10000 100000] [--files 300] [--writer-files 600]
-                             [--repeats 3] [--quick] [--corpus DIR]
+    python bench/backends.py [--sizes 10000,100000] [--files 300] [--writer-files 600]
+                             [--repeats 3] [--cold-runs 5] [--quick] [--corpus DIR]
+                             [--only ingest,queries,writers]
 
 Starts a PostgreSQL cluster of its own (Debian's server, run as the ``postgres`` user, a Unix
 socket in a temp dir, the server's default settings: fsync and synchronous_commit on) and prints
@@ -12,9 +13,10 @@ markdown tables; the backends are measured alternately so that both see the same
   time, with the fast ``thumbnail`` model and with the default ``efficientnet_lite0``;
 - queries on synthetic libraries of ``--sizes`` images (clustered unit vectors as in
   ``bench/query.py``, written through the library's own schema, then clustered with k = 50 and
-  the FAISS file built by the writer): cold ``imgindex similar PHOTO`` on an indexed photo and
-  cold ``imgindex clusters --list`` (fresh processes, median of 5), warm ``Library.search`` on
-  stored vectors and ``list_clusters`` in one open library (medians);
+  the FAISS file built by the writer, both with one thread): cold ``imgindex similar PHOTO``
+  on an indexed photo and cold ``imgindex clusters --list`` (fresh processes, median of
+  ``--cold-runs``), warm ``Library.search`` on stored vectors and ``list_clusters`` in one
+  open library (medians);
 - two writers on one PostgreSQL library: two data dirs (``IMGINDEX_HOST=a`` and ``b``), each
   indexing its own root of ``--writer-files`` distinct photos with ``thumbnail``, one after the
   other against both at once; with the CPU seconds of the clients, of the server and of the
