@@ -136,6 +136,7 @@ class Daemon:
             self.notifier.ready(self._status_line())
             log.info("ready: %s", self._status_line())
             self._load_model()
+            self._publish()  # which embedder is in use
             self._start_service()
             self.rescan()
             while not self.stop_requested:

@@ -301,7 +301,7 @@ class ChosenEmbedder:
             answer = self._try_remote(pixels)
             if answer is not None:
                 return answer
-            if self.fallback == "local":
+            if self.fallback == "local" or self.remote is None:
                 self._switch("local")
                 return _labelled(self.local(), pixels)
             self._wait(len(pixels))
@@ -310,7 +310,7 @@ class ChosenEmbedder:
         answer = self._try_remote(pixels)
         if answer is not None:
             return answer[0]
-        if self.fallback == "local":
+        if self.fallback == "local" or self.remote is None:
             return self.local().embed(pixels)
         raise ImgIndexError(f"the embedding service is unavailable ({self.problem})")
 

@@ -248,7 +248,7 @@ def test_the_daemon_holds_its_queue_while_the_service_is_gone(tmp_path, servers)
     cli(data, "config", "embed_fallback", "wait")
     with DaemonProcess(data, "--timing", "embed_retry=0.5") as d:
         wait_for(lambda: settled(data, 6), 30, d.log_text)
-        assert status(data)["daemon"]["embedder"]["using"] == "service"
+        assert status(data)["daemon"]["embedder"]["using"] == "service", d.log_text()
         server.proc.send_signal(signal.SIGSTOP)
         make_photos(photos / "new", "red", 8, start=100)
         time.sleep(2)  # the new photos' batch is sent, and hangs
