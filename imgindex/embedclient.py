@@ -55,6 +55,11 @@ class ServiceUnavailable(Exception):
     """The service cannot be reached or cannot embed right now (it may come back)."""
 
 
+class ModelFailed(Exception):
+    """The service's model failed on this batch (the Ingestor then tries each image alone, and
+    the one it cannot take fails with this reason, as with a local model)."""
+
+
 class ServiceRefused(ImgIndexError):
     """The service answered but refuses this client: its token, its model, its limits."""
 
@@ -186,6 +191,8 @@ class RemoteEmbedder:
             )
         if 400 <= status < 500:
             raise ServiceRefused(what)
+        if status == 500:  # the model failed on this batch: as the local one would, alone
+            raise ModelFailed(detail)
         raise ServiceUnavailable(what)
 
     def _connection(self) -> http.client.HTTPConnection:

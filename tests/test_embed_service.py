@@ -329,9 +329,8 @@ def test_hostile_requests_get_4xx_and_the_server_keeps_serving(tmp_path, servers
     # a body larger than any batch may be: refused on its declared length, unread
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
         head = "".join(f"{k}: {v}\r\n" for k, v in batch_headers(4).items())
-        raw.sendall(
-            f"POST /v1/embed HTTP/1.1\r\nHost: x\r\n{head}Content-Length: 10000000000\r\n\r\n".encode()
-        )
+        head += "Content-Length: 10000000000\r\n"
+        raw.sendall(f"POST /v1/embed HTTP/1.1\r\nHost: x\r\n{head}\r\n".encode())
         assert raw.recv(100).startswith(b"HTTP/1.1 413")
     # not HTTP at all
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
