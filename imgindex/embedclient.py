@@ -337,6 +337,7 @@ class ChosenEmbedder:
             self._down(str(exc))
             return None
         self._backoff = min(1.0, self.retry_s)
+        self.held = 0
         if self.using != "service":
             log.warning("the embedding service at %s is back: embedding there", self.remote.url)
         self._switch("service", problem=None)
@@ -360,14 +361,15 @@ class ChosenEmbedder:
         if self.held != count:
             self.held = count
             self.hooks.on_change()
-        try:
-            while time.monotonic() < self._next_try:
-                self.hooks.heartbeat()
-                if self.hooks.interrupt():
-                    raise EmbeddingPostponed("stopped waiting for the embedding service")
-                time.sleep(min(0.2, max(0.0, self._next_try - time.monotonic())))
-        finally:
-            self.held = 0
+        while True:
+            self.hooks.heartbeat()
+            if self.hooks.interrupt():
+                self.held = 0  # postponed: nothing is held any more
+                raise EmbeddingPostponed("stopped waiting for the embedding service")
+            left = self._next_try - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(0.2, left))
 
     def _switch(self, using: str, problem: str | None = "") -> None:
         changed = using != self.using or (problem != "" and problem != self.problem)
