@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 from daemon_helpers import DaemonProcess, settled, status, wait_for
-from helpers import cli, cli_json, run_process
+from helpers import cli, cli_json, row_count, run_process
 from imaging import make_photos
 
 pytest.importorskip("fastapi", reason="the embedding service needs the embed extra")
@@ -217,23 +217,26 @@ def test_the_default_model_agrees_through_the_service_without_torch_here(tmp_pat
 
 @pytest.mark.slow
 def test_index_waits_through_a_kill_mid_batch_and_a_restart(tmp_path, servers):
-    server = servers("--model", "thumbnail")
-    data = library(tmp_path, "lib", count=20)
+    """The default model on the service, so that it is busy with a batch most of the time."""
+    model = ("--model", "efficientnet_lite0", "--device", "cpu")
+    server = servers(*model)
+    data = library(tmp_path, "lib", model="efficientnet_lite0", count=20)
     cli(data, "config", "embed_url", server.url)
     cli(data, "config", "embed_fallback", "wait")
-    server.proc.send_signal(signal.SIGSTOP)  # takes the batch, never answers
     log = open(tmp_path / "index.log", "wb")  # noqa: SIM115
     index = subprocess.Popen(
         [sys.executable, "-m", "imgindex", "--data-dir", str(data), "index", "--batch-size", "4"],
         stderr=log,
     )
-    time.sleep(3)  # the first batch is sent, and hangs
+    wait_for(lambda: row_count(data) >= 4, 120, lambda: (tmp_path / "index.log").read_text())
     server.kill()  # mid-batch: the connection is reset
+    done = row_count(data)
+    assert 0 < done < 60
     wait_for(lambda: "holding the queue" in (tmp_path / "index.log").read_text(), 20)
     time.sleep(1)
-    assert index.poll() is None and status(data)["indexed"] == 0  # held, not failed
-    servers("--model", "thumbnail", port=server.port)
-    assert index.wait(60) == 0, (tmp_path / "index.log").read_text()
+    assert index.poll() is None and row_count(data) == done  # held, not failed
+    servers(*model, port=server.port)
+    assert index.wait(120) == 0, (tmp_path / "index.log").read_text()
     assert "is back: embedding there" in (tmp_path / "index.log").read_text()
     consistent(data, 60)
 
