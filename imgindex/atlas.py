@@ -135,7 +135,7 @@ def compute(conn: Any, dim: int, ids: np.ndarray, tsne_max: int = TSNE_MAX) -> A
 def cache_key(conn: Any, model: str, ids: np.ndarray, tsne_max: int) -> str:
     """What a cached map must match: the indexed ids, the changes-log head, model, settings."""
     digest = hashlib.sha256(np.ascontiguousarray(ids, dtype=np.int64).tobytes()).hexdigest()
-    head = changes.log_head(conn)
+    head = changes.log_head(conn).seq  # its xmin moves with any other transaction
     return f"v{VERSION}:{model}:{len(ids)}:{digest[:24]}:{head}:{tsne_max}:{SEED}"
 
 

@@ -135,72 +135,79 @@ class VectorCache:
             return
         if self._index is None:
             return
-        with self.engine.connect() as conn:
-            head = changes.log_head(conn)
-            if head != self._index.seq:
+        with snapshot(self.engine) as conn:
+            head, trimmed = changes.log_position(conn)
+            if not changes.replayable(self._index.position, head, trimmed):
+                # another host's writer trimmed rows we lack (PostgreSQL): ``save`` writes it
+                self._index = self._build(conn, head)
+            elif head != self._index.position:
                 self._replay(conn, self._index, head)
 
     def _caught_up(self, conn: Connection, vi: VectorIndex) -> bool:
         """Bring ``vi`` to the log position of ``conn``'s snapshot; False when it cannot be
         (its file is older than the log's trimmed rows) or a reader should map a newer file."""
         head, trimmed = changes.log_position(conn)
-        if not trimmed <= (vi.base_seq if vi.read_only else vi.seq) <= head:
+        if not changes.replayable(vi.base_position if vi.read_only else vi.position, head, trimmed):
             return False
         if not self.writes and self._newer_file(vi):
             return False
-        if vi.seq != head:
+        if vi.position != head:
             self._replay(conn, vi, head)
         return True
 
     def _open(self) -> VectorIndex:
         for _attempt in range(3):
             vi = VectorIndex.open_latest(
-                self.folder, self.dim, mmap=not self.writes, accept=self._usable
+                self.folder, self.dim, mmap=not self.writes, accept=self._verified
             )
             with snapshot(self.engine) as conn:
                 head, trimmed = changes.log_position(conn)
-                if vi is None or vi.seq < trimmed or vi.seq > head:
-                    if vi is not None and vi.read_only and vi.seq < trimmed:
+                if vi is None or not changes.replayable(vi.position, head, trimmed):
+                    if vi is not None and vi.read_only and self._newer_file(vi):
                         continue  # the writer saved a newer file meanwhile: open that
                     vi = self._build(conn, head)  # a reader's stays in memory
-                elif vi.seq < head and not vi.read_only:  # a reader's overlay: see ``read``
+                elif vi.position != head and not vi.read_only:  # a reader's: see ``read``
                     self._replay(conn, vi, head)
             return vi
         raise ImgIndexError(f"{self.folder}: the index keeps changing under us; try again")
 
-    def _replay(self, conn: Connection, vi: VectorIndex, head: int) -> None:
-        """Apply the log rows after ``vi.seq`` (a reader: after its file's): drop every changed
-        id, add back the current vectors of those still indexed."""
-        changed = changes.logged_since(conn, vi.base_seq if vi.read_only else vi.seq)
-        vi.apply(changed, *images.vectors_for(conn, changed.tolist(), self.dim), seq=head)
+    def _replay(self, conn: Connection, vi: VectorIndex, head: changes.LogPosition) -> None:
+        """Apply the log rows after ``vi.position`` (a reader: after its file's): drop every
+        changed id, add back the current vectors of those still indexed."""
+        changed = changes.logged_since(conn, vi.base_position if vi.read_only else vi.position)
+        vi.apply(changed, *images.vectors_for(conn, changed.tolist(), self.dim), at=head)
         log.debug("caught the vector index up with %d changed images", len(changed))
 
     # --- which files are usable ----------------------------------------------------------------
 
     def _newer_file(self, vi: VectorIndex) -> bool:
         """Whether a usable index file newer than ``vi``'s is there (a reader maps it)."""
-        return any(s > vi.base_seq and self._usable(p) for s, p in index_files(self.folder))
+        return any(
+            s > vi.base_seq and self._verified(p) is not None for s, p in index_files(self.folder)
+        )
 
-    def _usable(self, path: Path) -> bool:
-        """Whether ``path`` is an index file this library's writer saved, unchanged since
-        (checked against its record); says once why not. A file refused once is not hashed
-        again while it stays as it is."""
+    def _verified(self, path: Path) -> FileRecord | None:
+        """The record of ``path`` when it is an index file this library's writer saved,
+        unchanged since (checked against the record), else None; says once why not. A file
+        refused once is not hashed again while it stays as it is. The record is read before
+        the file is checked: a file replaced meanwhile by a newer save is newer than the
+        position recorded, which only makes its catch-up re-read rows."""
         try:
             seen = (path.name, stamp_of(os.stat(path)))
         except FileNotFoundError:
-            return False
+            return None
         if seen in self._rejected:
-            return False
+            return None
         with self.engine.connect() as conn:
             record = FileRecord.from_json(meta.cache_record(conn, path.name))
         try:
             why = self._file_mismatch(path, record)
         except FileNotFoundError:
-            return False  # replaced by a newer one while we looked
+            return None  # replaced by a newer one while we looked
         if why is None:
-            return True
+            return record
         if not path.exists():  # its record went with it
-            return False
+            return None
         self._rejected.add(seen)
         if (path.name, why) not in self._warned:
             self._warned.add((path.name, why))
@@ -211,7 +218,7 @@ class VectorCache:
                 "or the daemon saves a verified one)"
             )
             log.warning("ignoring %s: %s; %s", path, why, then)
-        return False
+        return None
 
     def _library(self) -> str | None:
         """The library's id, which index files are recorded with (None before the writer
@@ -238,18 +245,19 @@ class VectorCache:
 
     # --- building -----------------------------------------------------------------------------
 
-    def _build(self, conn: Connection, head: int) -> VectorIndex:
+    def _build(self, conn: Connection, head: changes.LogPosition) -> VectorIndex:
         """A new index of every indexed vector: of the kind the library size calls for when
         it will be saved (the writer's), else exact (a reader's, in memory)."""
         n = images.count_indexed(conn)
         chunks = ((ids, x) for ids, x, _ in images.iter_vectors(conn, self.dim))
         if n < self.flat_max or not self.writes:
-            vi = VectorIndex(self.dim, seq=head)
+            vi = VectorIndex(self.dim, seq=head.seq, xmin=head.xmin)
             for ids, x in chunks:
                 vi.add(ids, x)
         else:
             train = images.sample_vectors(conn, min(n, 40 * nlist_for(n)), self.dim, seed=n)
-            vi = VectorIndex(self.dim, build_ivf(self.dim, train, chunks, n), seq=head)
+            index = build_ivf(self.dim, train, chunks, n)
+            vi = VectorIndex(self.dim, index, seq=head.seq, xmin=head.xmin)
         log.info("built the vector index (%s) from %d stored vectors", vi.kind, n)
         return vi
 
@@ -274,7 +282,7 @@ class VectorCache:
         return self._build_and_save()
 
     def _build_and_save(self) -> VectorIndex:
-        with self.engine.connect() as conn:
+        with snapshot(self.engine) as conn:
             vi = self._index = self._build(conn, changes.log_head(conn))
         self.save()
         return vi
@@ -289,8 +297,8 @@ class VectorCache:
         vi = self._index
         if vi is None or not self.writes or vi.read_only:
             return
-        if vi.path is not None and vi.path.name == file_name(vi.seq) and vi.path.exists():
-            return
+        if vi.path is not None and vi.base_position == vi.position and vi.path.exists():
+            return  # its file is at its position
         full = self.disk_full
         if full and self.tolerate_full_disk and diskspace.free_bytes(self.folder) < full.needed:
             return  # still no room for it
@@ -326,7 +334,7 @@ class VectorCache:
             raise
         with self.engine.begin() as conn:
             meta.set_cache_record(conn, name, record.stamped(path).to_json())
-            changes.trim_log(conn, vi.seq)
+            changes.trim_log(conn, vi.position)
         for seq, old in index_files(self.folder):
             if seq != vi.seq:
                 old.unlink(missing_ok=True)

@@ -318,12 +318,13 @@ def _cache_file(
         return True
     with snapshot(lib.engine) as conn:  # one snapshot of the log and the rows
         head, trimmed = changes.log_position(conn)
-        if seq < trimmed:
-            return False  # a newer file was saved and the log trimmed while we looked
-        if seq > head:
+        at = changes.LogPosition(seq, record.xmin if record is not None else 0)
+        if not changes.replayable(at, head, trimmed):
+            if at.seq <= head.seq and at.xmin <= head.xmin:
+                return False  # a newer file was saved and the log trimmed while we looked
             report.add("cache", f"{path.name} is ahead of the database's changes log", fix=rebuild)
             return True
-        changed = changes.logged_since(conn, seq)
+        changed = changes.logged_since(conn, at)
         indexed = images.indexed_ids(conn)
         _holds(lib, report, conn, index, path.name, changed, indexed, damaged, rebuild)
     return True

@@ -19,17 +19,15 @@ import typer
 from typer.core import TyperGroup
 
 from imgindex import names
-from imgindex.db import DatabaseError
+from imgindex.db import DatabaseError, OperationalError
+from imgindex.db.location import shown as shown_database
 from imgindex.errors import ImgIndexError
 from imgindex.paths import resolve_data_dir
 
 try:  # typer >= 0.16 vendors click
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
 except ImportError:  # pragma: no cover - older typer with click installed
-    from click.exceptions import (  # type: ignore[assignment,no-redef,unused-ignore]
-        ClickException,
-        NoArgsIsHelpError,
-    )
+    from click.exceptions import ClickException, NoArgsIsHelpError  # type: ignore[no-redef,assignment,unused-ignore]
 
 
 class _Boundary(TyperGroup):
@@ -65,11 +63,19 @@ class _Boundary(TyperGroup):
 
 
 def _message(exc: BaseException) -> str:
+    if isinstance(exc, OperationalError) and _unreachable(exc):
+        first = str(exc.orig or exc).strip().splitlines()[0]
+        return f"the library's database server cannot be reached: {first}"
     if isinstance(exc, DatabaseError):
         return f"the library's database cannot be used: {exc.orig or exc}"
     if isinstance(exc, OSError) and exc.filename:
         return f"{exc.filename}: {exc.strerror}"
     return str(exc)
+
+
+def _unreachable(exc: OperationalError) -> bool:
+    """A server that could not be connected to (psycopg says "connection ... failed")."""
+    return exc.connection_invalidated or "connection" in str(exc.orig).lower()
 
 
 app = typer.Typer(
@@ -101,11 +107,23 @@ def _main(
             help="Library folder [default: $STATE_DIRECTORY, else $XDG_DATA_HOME/imgindex].",
         ),
     ] = None,
+    database: Annotated[
+        str | None,
+        typer.Option(
+            "--database",
+            envvar="IMGINDEX_DATABASE_URL",
+            show_envvar=True,
+            metavar="URL",
+            help="A PostgreSQL library (postgresql://USER@HOST/DB; the password from "
+            "~/.pgpass or PGPASSWORD) [default: the one the data dir records, else its SQLite "
+            "file].",
+        ),
+    ] = None,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Log more; show tracebacks.")
     ] = False,
 ) -> None:
-    ctx.obj = {"data_dir": resolve_data_dir(data_dir), "verbose": verbose}
+    ctx.obj = {"data_dir": resolve_data_dir(data_dir), "database": database, "verbose": verbose}
     if ctx.invoked_subcommand in ("daemon", "embed-server"):
         from imgindex import logs
 
@@ -125,10 +143,15 @@ def _data_dir(ctx: typer.Context) -> Path:
     return root.obj["data_dir"]
 
 
+def _database(ctx: typer.Context) -> str | None:
+    """``--database`` (or ``IMGINDEX_DATABASE_URL``): a PostgreSQL library's URL."""
+    return ctx.find_root().obj["database"]
+
+
 def _open(ctx: typer.Context, *, write: bool = False, purpose: str = "imgindex"):
     from imgindex.library import Library
 
-    return Library.open(_data_dir(ctx), write=write, purpose=purpose)
+    return Library.open(_data_dir(ctx), write=write, purpose=purpose, database=_database(ctx))
 
 
 def _require_writable(lib: Any) -> None:
@@ -190,9 +213,12 @@ def init(
     from imgindex.library import Library
 
     roots = [_existing_dir(d) for d in dirs]
-    with Library.create(_data_dir(ctx), roots, k=_parse_k(k), model=model) as lib:
+    with Library.create(
+        _data_dir(ctx), roots, k=_parse_k(k), model=model, database=_database(ctx)
+    ) as lib:
         typer.echo(
-            f"library {lib.paths.root}: model {lib.model}, k {lib.k_setting}, "
+            f"library {lib.location.shown()} (data dir {lib.paths.root}): model {lib.model}, "
+            f"k {lib.k_setting}, "
             f"roots {', '.join(names.shown(str(r)) for r in lib.roots())}",
             err=True,
         )
@@ -309,12 +335,11 @@ def _create_if_missing(ctx: typer.Context, roots: list[Path]) -> None:
     database at all (one that exists but is empty or damaged is refused by ``_open``, as
     always); one line on stderr says so."""
     from imgindex.library import Library
-    from imgindex.paths import LibraryPaths
 
     data = _data_dir(ctx)
-    if LibraryPaths(data).db.exists():
+    if Library.exists(data, _database(ctx)):
         return
-    with Library.create(data, roots, k="auto") as lib:
+    with Library.create(data, roots, k="auto", database=_database(ctx)) as lib:
         typer.echo(
             f"no library in {names.shown(str(lib.paths.root))}: created one with model "
             f"{lib.model}, k auto, roots {', '.join(names.shown(str(r)) for r in lib.roots())} "
@@ -362,7 +387,10 @@ def similar(
         matches = similar_to(lib, photo, k=k, weights=weights)
     if as_json:
         _echo_json(
-            [{"path": m.path, "score": round(m.score, 6), "cluster": m.cluster} for m in matches]
+            [
+                {"path": m.path, "score": round(m.score, 6), "cluster": m.cluster, "host": m.host}
+                for m in matches
+            ]
         )
         return
     for m in matches:
@@ -547,11 +575,10 @@ def status(
                 value = value["state"] + (f" (pid {value['pid']})" if value["pid"] else "")
                 value += f"; {problem}" if problem else ""
                 value += embedder
+            if key == "database":
+                value = shown_database(value)
             if key == "roots":
-                value = ", ".join(
-                    names.shown(r["path"]) + ("" if r["available"] else " (unavailable)")
-                    for r in value
-                )
+                value = ", ".join(names.shown(r["path"]) + _root_note(r) for r in value)
             typer.echo(f"{key:>14}: {value}")
 
 
@@ -567,6 +594,13 @@ def _embedding(info: dict[str, Any] | None) -> str:
     if using == "waiting":
         return f"; embedding: waiting for {url}{why}, {info.get('waiting', 0)} images held"
     return f"; embedding: local, {url} unavailable{why}"
+
+
+def _root_note(root: dict[str, Any]) -> str:
+    """What ``status`` says after a root: whether it is there, or whose it is."""
+    if root["available"] is None:  # another host's root: its disks are not looked at here
+        return f" (host {root['host']!r})"
+    return "" if root["available"] else " (unavailable)"
 
 
 @app.command("check")
@@ -650,6 +684,7 @@ def daemon(
 
     d = Daemon(
         _data_dir(ctx),
+        database=_database(ctx),
         workers=workers,
         weights=weights,
         timings=Timings.parse(timing or []),
@@ -762,12 +797,34 @@ def models(as_json: JsonOpt = False) -> None:
 
 
 @app.command()
-def migrate(ctx: typer.Context) -> None:
-    """Upgrade the library's database schema (also done on every open)."""
+def migrate(
+    ctx: typer.Context,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            metavar="URL",
+            help="Move a SQLite library into this empty PostgreSQL database "
+            "(postgresql://USER@HOST/DB), verified before the switch.",
+        ),
+    ] = None,
+) -> None:
+    """Upgrade the library's database schema (also done on every open), or move the library
+    to PostgreSQL (``--to``; stop the daemon first)."""
     from imgindex.db.migrate import SCHEMA_HEAD
 
-    with _open(ctx, write=True, purpose="imgindex migrate"):
-        typer.echo(f"schema at revision {SCHEMA_HEAD}", err=True)
+    with _open(ctx, write=True, purpose="imgindex migrate") as lib:
+        if to is None:
+            typer.echo(f"schema at revision {SCHEMA_HEAD}", err=True)
+            return
+        result = lib.move_to(to, lambda table, n: _copy_progress(table, n))
+        typer.echo(f"copied and verified: {result.summary()}", err=True)
+        typer.echo(f"library {lib.paths.root} now uses {lib.location.shown()}", err=True)
+
+
+def _copy_progress(table: str, rows: int) -> None:
+    if rows == 0:
+        typer.echo(f"copying {table}..." if table != "verifying" else "verifying...", err=True)
 
 
 @app.command("export")

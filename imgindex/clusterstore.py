@@ -21,17 +21,22 @@ LABEL_SHARE = 0.2  # a second class joins the label when this share of the membe
 
 def _members(
     conn: Connection, cluster_id: int, dim: int, limit: int | None = None
-) -> tuple[list[str], np.ndarray]:
+) -> tuple[list[Any], np.ndarray]:
+    """The members' ``(host, path)`` and their vectors."""
     rows = stored.members(conn, cluster_id, limit)
     vecs = np.stack([blob_to_vector(r.vector) for r in rows]) if rows else np.empty((0, dim))
-    return [r.path for r in rows], vecs
+    return [(r.host, r.path) for r in rows], vecs
 
 
-def _nearest_first(paths: list[str], vecs: np.ndarray, centroid: np.ndarray) -> list[dict]:
-    if not paths:
+def _nearest_first(files: list[Any], vecs: np.ndarray, centroid: np.ndarray) -> list[dict]:
+    """``{"path", "distance", "host"}`` of each of ``files``, nearest to ``centroid`` first."""
+    if not files:
         return []
     dist = np.linalg.norm(vecs - centroid[None, :], axis=1)
-    return [{"path": paths[i], "distance": round(float(dist[i]), 4)} for i in np.argsort(dist)]
+    return [
+        {"path": files[i][1], "distance": round(float(dist[i]), 4), "host": files[i][0]}
+        for i in np.argsort(dist)
+    ]
 
 
 # --- labels and names -----------------------------------------------------------------------
@@ -94,8 +99,8 @@ def list_clusters(
         named = stored.titles(conn)
         for row in stored.all_clusters(conn):
             centroid = blob_to_vector(row.centroid)
-            paths, vecs = _members(conn, row.id, dim, limit=scan_limit)
-            reps = _nearest_first(paths, vecs, centroid)[:representatives]
+            files, vecs = _members(conn, row.id, dim, limit=scan_limit)
+            reps = _nearest_first(files, vecs, centroid)[:representatives]
             title = named.get(row.id, {})
             out.append(
                 {
@@ -113,12 +118,12 @@ def show_cluster(engine: Engine, cluster_id: int, dim: int) -> dict[str, Any]:
     """All members of a cluster, nearest to its centre first."""
     with engine.connect() as conn:
         row = _require(conn, cluster_id)
-        paths, vecs = _members(conn, cluster_id, dim)
+        files, vecs = _members(conn, cluster_id, dim)
         title = stored.titles(conn).get(cluster_id, {})
     return {
         "id": cluster_id,
         "name": title.get("name"),
         "label": title.get("label"),
-        "size": len(paths),
-        "members": _nearest_first(paths, vecs, blob_to_vector(row.centroid)),
+        "size": len(files),
+        "members": _nearest_first(files, vecs, blob_to_vector(row.centroid)),
     }

@@ -6,6 +6,8 @@ READY=1, then reconcile with the disk. Loop: turn watcher events into rows of th
 the index when the queue drains, rescan periodically or when events may have been missed.
 Signal handlers only set flags; the loop acts on them. A full disk never stops it: the index
 stays in memory, ``status`` says why it is not saved, and saving resumes when there is room.
+Nor does a PostgreSQL server that goes away: the daemon says so once, waits for it with
+backoff, then rescans (what was being written is redone; nothing is lost or doubled).
 """
 
 from __future__ import annotations
@@ -18,16 +20,17 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from imgindex import settings
-from imgindex.db import images, meta, queue
+from imgindex.db import changes, images, meta, queue
+from imgindex.db.engine import is_disconnect, ping
 from imgindex.db.roots import root_paths
 from imgindex.embedclient import RETRY_S, ChosenEmbedder, Hooks, ServiceRefused, choose
-from imgindex.errors import ImgIndexError
+from imgindex.errors import DatabaseUnavailable, ImgIndexError
 from imgindex.fsafe import root_available, root_of
 from imgindex.ingest import CHECKPOINT_S, Ingestor
 from imgindex.library import Library
@@ -57,6 +60,8 @@ class Timings:
     checkpoint: float = CHECKPOINT_S  # the FAISS file is saved at least this often while busy
     rescan_jitter: float = 0.1  # rescans come every rescan_interval, +- this fraction
     embed_retry: float = RETRY_S  # an embedding service that is down is asked again this often
+    db_retry: float = 1.0  # a lost database server is tried again after this, then doubling
+    db_retry_max: float = 30.0  # ... up to this
 
     @classmethod
     def parse(cls, pairs: Sequence[str]) -> Timings:
@@ -91,6 +96,7 @@ class Daemon:
         self,
         data_dir: Path,
         *,
+        database: str | None = None,
         workers: int | None = None,
         weights: Path | None = None,
         notifier: Notifier | None = None,
@@ -98,6 +104,7 @@ class Daemon:
         **overrides: Any,
     ) -> None:
         self.data_dir = data_dir
+        self.database = database  # a PostgreSQL library's URL (None: the data dir's)
         self.timings = timings or Timings()
         self.workers = workers
         self.weights = weights
@@ -112,6 +119,8 @@ class Daemon:
         self._last_house = 0.0
         self._last_drain = 0.0
         self._dirty = False
+        #: the changes log's head at this host's last cluster refresh
+        self._maintained_head: changes.LogPosition | None = None
         self._cut_short = False  # the ingestor stopped a pass early (SIGTERM)
         self._config_version = 0
         self.embedder: ChosenEmbedder | None = None  # the one model, loaded after READY
@@ -124,7 +133,9 @@ class Daemon:
         """Serve until SIGTERM/SIGINT; returns the exit status."""
         warnings.filterwarnings("ignore", category=RuntimeWarning, module="watchdog")
         self._install_signals()
-        self.lib = Library.open(self.data_dir, write=True, purpose="imgindex daemon")
+        self.lib = Library.open(
+            self.data_dir, write=True, purpose="imgindex daemon", database=self.database
+        )
         self.lib.cache.tolerate_full_disk = True
         try:
             self._reload()
@@ -138,17 +149,18 @@ class Daemon:
             self._load_model()
             self._publish()  # which embedder is in use
             self._start_service()
-            self.rescan()
+            self._survive(self.rescan)
             while not self.stop_requested:
-                self.tick()
-            self._set_state("stopping")
+                self._survive(self.tick)
+            self.state = "stopping"
             self.notifier.stopping()
-            self.lib.cache.save()
+            self._unless_lost(self._publish)
+            self._unless_lost(self.lib.cache.save)  # else the next open catches the file up
             self.watcher.stop()
         finally:
             if self.service:
                 self.service.stop()
-            self._publish(final=True)
+            self._unless_lost(lambda: self._publish(final=True))
             self.lib.close()
         log.info("stopped")
         return 0
@@ -194,15 +206,22 @@ class Daemon:
         """Whether to stop waiting for the embedding service: stopping, or the settings
         changed (the fallback may be ``local`` now)."""
         if not self.reload_requested:
-            with self.lib.engine.connect() as conn:
-                self.reload_requested = meta.config_version(conn) != self._config_version
+            try:
+                with self.lib.engine.connect() as conn:
+                    self.reload_requested = meta.config_version(conn) != self._config_version
+            except Exception as exc:  # the database is lost: the loop meets that itself
+                log.debug("cannot read the settings' version: %s", exc)
+                return True
         return self.stop_requested or self.reload_requested
 
     def _changed(self) -> None:
         """The embedder in use changed: `status` says so now (from the loop's thread; the
         query thread's changes are published by the next housekeeping round)."""
         if threading.current_thread() is threading.main_thread():
-            self._publish()
+            try:
+                self._publish()
+            except Exception as exc:  # never fail the batch in hand over a status line
+                log.debug("cannot publish the status: %s", exc)
 
     def _start_service(self) -> None:
         """Answer `imgindex similar` for photos outside the library (optional: on failure the
@@ -264,9 +283,9 @@ class Daemon:
         """One turn of the loop: flags, events, due work, housekeeping, then sleep."""
         self._heartbeat()
         if self.reload_requested:
-            self.reload_requested = False
             self.notifier.reloading()
             self._reload()
+            self.reload_requested = False  # not before: a lost database has it done again
             self._sync_roots()
             self._update_view()
             self.notifier.ready(self._status_line())
@@ -290,6 +309,64 @@ class Daemon:
             self._housekeeping()
         self.sink.wake.wait(self._sleep_for())
         self.sink.wake.clear()
+
+    # --- a database server that goes away ---------------------------------------------------
+
+    def _survive(self, step: Callable[[], None]) -> None:
+        """Run one step of the loop; when the database server is lost during it, wait for the
+        server to come back instead of dying (anything else still ends the daemon)."""
+        try:
+            step()
+        except Exception as exc:
+            if not is_disconnect(exc):
+                raise
+            self._wait_for_database(exc)
+
+    def _wait_for_database(self, exc: BaseException) -> None:
+        """Say once that the server is gone, try it again with exponential backoff (``db_retry``
+        doubling up to ``db_retry_max``), and once it answers, rescan: the step that failed
+        rolled back (its queue rows are still there) and the watcher's events meanwhile were
+        dropped, so the rescan finds whatever changed. Returns early on SIGTERM."""
+        lost_at = time.monotonic()
+        delay = self.timings.db_retry
+        log.warning("database unreachable: %s; retrying in %gs", _first_line(exc), delay)
+        self.state = "waiting for the database"  # not published: the database is where it goes
+        self.notifier.status(f"waiting for the database: {_first_line(exc)}")
+        while not self._pause(delay):
+            try:
+                ping(self.lib.engine)
+            except Exception as again:
+                if not is_disconnect(again):
+                    raise
+                delay = min(2 * delay, self.timings.db_retry_max)
+                log.debug("database still unreachable; retrying in %gs", delay)
+                continue
+            log.info(
+                "database reachable again after %.1f s: rescanning", time.monotonic() - lost_at
+            )
+            self.watcher.missed_events = True  # the next tick rescans
+            return
+
+    def _pause(self, seconds: float) -> bool:
+        """Sleep ``seconds`` while waiting for the database, alive (heartbeats, so the systemd
+        watchdog sees a waiting daemon, not a hung one) and dropping the watcher's events (the
+        rescan that follows finds their changes); True when SIGTERM came."""
+        until = time.monotonic() + seconds
+        while not self.stop_requested and time.monotonic() < until:
+            self._heartbeat()
+            self.sink.drain()
+            self.sink.wake.wait(min(self.timings.tick, max(0.0, until - time.monotonic())))
+            self.sink.wake.clear()
+        return self.stop_requested
+
+    def _unless_lost(self, step: Callable[[], None]) -> None:
+        """Run a step of stopping; a lost database server only skips it (logged)."""
+        try:
+            step()
+        except Exception as exc:
+            if not is_disconnect(exc):
+                raise
+            log.warning("stopping without the database: %s", _first_line(exc))
 
     def rescan(self) -> None:
         """Full reconciliation of every root with the disk."""
@@ -444,6 +521,7 @@ class Daemon:
         self._set_state("clustering")
         self.ingestor.drain(final=False)
         self._update_view()
+        self._maintained_head = self._log_head()
         self._dirty = False
         self._last_drain = time.monotonic()
         r = self.ingestor.report
@@ -464,6 +542,7 @@ class Daemon:
             self.reload_requested = True
         self._sync_roots()
         self._retry_pending()
+        self._maintain_shared()
         if self.settings.view_dir and self.view.titles_changed(self.lib):
             self._update_view()  # a cluster was named (or an update failed): folders follow
         if self.lib.cache.disk_full:
@@ -471,6 +550,23 @@ class Daemon:
         self.ingestor.checkpoint()  # an idle daemon's file catches up within a minute
         self._publish()
         self.notifier.status(self._status_line())
+
+    def _maintain_shared(self) -> None:
+        """On a database that several hosts write: take the cluster maintenance when nobody
+        holds it (a host that held it stopped), and while holding it refresh the clusters
+        when another host changed the library."""
+        assert self.lib.maintenance is not None
+        if not self.lib.maintenance.shared:
+            return
+        held_before = self.lib.maintains
+        if self.lib.maintenance.try_take() and (
+            not held_before or self._log_head() != self._maintained_head
+        ):
+            self._dirty = True  # the next quiet moment drains: clusters, labels, views
+
+    def _log_head(self) -> changes.LogPosition:
+        with self.lib.engine.connect() as conn:
+            return changes.log_head(conn)
 
     def _sync_roots(self) -> None:
         available = {root: root_available(root) for root in self.roots}
@@ -570,3 +666,10 @@ class Daemon:
         }
         with self.lib.engine.begin() as conn:
             meta.publish_daemon_status(conn, info)
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's message on one line (a log line per event); a lost server's names it."""
+    if isinstance(exc, DatabaseUnavailable):
+        return f"{exc.server}: {exc.reason}"
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

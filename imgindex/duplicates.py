@@ -43,12 +43,13 @@ class Member:
     """One image of a group. ``score``: cosine of its embedding to the group's first member's
     (1.0 for the first member and for exact copies of it); ``kind``: ``first``, ``exact``
     (same bytes as the first) or ``near``; ``distance``: pHash bits from the first member
-    (None when either has no hash)."""
+    (None when either has no hash); ``host``: the host whose file ``path`` is."""
 
     path: str
     score: float
     kind: str
     distance: int | None
+    host: str = ""
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class _Rows:
 
     ids: np.ndarray  # int64, sorted
     paths: list[str]
+    hosts: list[str]
     hashes: np.ndarray  # content hashes (str objects; '' when unknown)
     phashes: np.ndarray  # int64; valid where has_phash
     has_phash: np.ndarray
@@ -122,6 +124,7 @@ def _load_rows(conn: Connection) -> _Rows:
     return _Rows(
         ids=np.array([r.id for r in rows], dtype=np.int64),
         paths=[r.path for r in rows],
+        hosts=[r.host for r in rows],
         hashes=np.array([r.content_hash or "" for r in rows], dtype=object),
         phashes=np.array([0 if p is None else p for p in phashes], dtype=np.int64),
         has_phash=np.array([p is not None for p in phashes], dtype=bool),
@@ -233,6 +236,6 @@ def _group(
         if rows.has_phash[p] and rows.has_phash[first]:
             dist = int(_popcount(rows.phashes[[p]] ^ rows.phashes[[first]])[0])
         kind = "first" if p == first else "exact" if same else "near"
-        members.append(Member(rows.paths[p], cos, kind, dist))
+        members.append(Member(rows.paths[p], cos, kind, dist, rows.hosts[p]))
     rest = sorted(members[1:], key=lambda m: (-m.score, m.path))
     return Group([members[0], *rest], reason)

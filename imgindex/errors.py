@@ -23,6 +23,19 @@ class SchemaTooNew(ImgIndexError):
     """The database was written by a newer imgindex."""
 
 
+class DatabaseUnavailable(ImgIndexError):
+    """The library's database server cannot be reached: it is down, restarting, or the network
+    to it is cut. Not a fault of any file: a pass that meets it stops, and the daemon waits for
+    the server to come back.
+
+    ``server``: which one (never a password); ``reason``: what the connection said."""
+
+    def __init__(self, server: str, reason: str) -> None:
+        super().__init__(f"the library's database server cannot be reached ({server}): {reason}")
+        self.server = server
+        self.reason = reason
+
+
 class ModelMismatch(ImgIndexError):
     """The library was built with another embedding model."""
 
@@ -37,6 +50,14 @@ class WeightsUnavailable(ImgIndexError):
 
 class NotInLibrary(ImgIndexError):
     """A path or cluster the user named is not in the library."""
+
+
+class DatabaseNotEmpty(ImgIndexError):
+    """A library is copied only into a database that holds none (``imgindex migrate --to``)."""
+
+
+class CopyMismatch(ImgIndexError):
+    """A copied library differs from its source (row counts or checksums)."""
 
 
 class DecodeFailure(ImgIndexError):

@@ -18,7 +18,7 @@ from imgindex.db import images
 from imgindex.db.schema import STATUS_INDEXED
 from imgindex.errors import ImgIndexError
 
-FIELDS = ("path", "status", "reason", "cluster_id", "cluster_name", "x", "y")
+FIELDS = ("path", "status", "reason", "cluster_id", "cluster_name", "x", "y", "host")
 DIGITS = 5  # map coordinates are in [0, 1]
 
 
@@ -46,6 +46,7 @@ def rows(lib: Any) -> list[dict[str, Any]]:
                 "cluster_name": None if cid is None else display_name(cid, named.get(cid)),
                 "x": None if xy is None else round(xy[0], DIGITS),
                 "y": None if xy is None else round(xy[1], DIGITS),
+                "host": r.host,  # whose file the path is (revision 0008; "" on a one-host library)
             }
         )
     return out

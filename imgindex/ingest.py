@@ -26,11 +26,11 @@ import numpy as np
 
 from imgindex import names, organize
 from imgindex.db import Connection, images, meta
-from imgindex.db.engine import WorkerConnection, worker_connection
+from imgindex.db.engine import WorkerConnection, is_disconnect, unavailable, worker_connection
 from imgindex.db.roots import list_roots
 from imgindex.db.schema import STATUS_FAILED, STATUS_INDEXED, STATUS_PENDING
 from imgindex.decode import DEFAULT_MAX_PIXELS, decode_for_model
-from imgindex.errors import DecodeFailure, NotInLibrary
+from imgindex.errors import DatabaseUnavailable, DecodeFailure, NotInLibrary
 from imgindex.fsafe import is_under, root_available, root_of
 from imgindex.library import Library
 from imgindex.models import Embedder, EmbeddingPostponed, get_spec
@@ -262,10 +262,13 @@ class Ingestor:
 
     def _prepare(self, item: tuple[int, FileStat]) -> Prepared:
         """Runs in a worker thread: read, verify stable, hash, look up, decode. Whatever goes
-        wrong is this file's failure, with the reason."""
+        wrong is this file's failure, with the reason; but a database server that went away
+        is nobody's: it ends the pass (DatabaseUnavailable)."""
         root_id, fs = item
         try:
             return self._prepare_file(root_id, fs)
+        except DatabaseUnavailable:
+            raise
         except Exception as exc:
             log.warning("cannot prepare %s: %r", names.shown(fs.path), exc)
             return Prepared(root_id, fs, "failed", reason=f"unexpected error: {exc!r}")
@@ -312,13 +315,38 @@ class Ingestor:
 
     def _known(self, digest: str) -> int | None:
         """Id of an indexed row with this content (worker threads: a plain DB-API connection
-        each, so the lookup holds the GIL for microseconds, not SQLAlchemy's milliseconds)."""
+        each, so the lookup holds the GIL for microseconds, not SQLAlchemy's milliseconds).
+
+        A connection the server dropped (it restarted) is replaced once; when the new one
+        fails too, the server is gone: DatabaseUnavailable."""
+        try:
+            return images.indexed_id_with_hash(self._worker_conn(), digest, self.lib.model)
+        except Exception as exc:
+            if not is_disconnect(exc):
+                raise
+            self._drop_worker_conn()
+        try:
+            return images.indexed_id_with_hash(self._worker_conn(), digest, self.lib.model)
+        except Exception as exc:
+            if not is_disconnect(exc):
+                raise
+            self._drop_worker_conn()
+            raise unavailable(str(self.lib.location.target), exc) from exc
+
+    def _worker_conn(self) -> WorkerConnection:
+        """This worker thread's connection, opened on first use."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = worker_connection(self.lib.paths.db)
+            conn = worker_connection(self.lib.location.target)
             self._local.conn = conn
             self._connections.append(conn)
-        return images.indexed_id_with_hash(conn, digest, self.lib.model)
+        return conn
+
+    def _drop_worker_conn(self) -> None:
+        """Close this worker thread's connection (broken): the next lookup opens another."""
+        conn = self._local.__dict__.pop("conn", None)
+        if conn is not None:
+            conn.close()
 
     def _embed(self, batch: list[Prepared]) -> None:
         """Set each decoded file's vector (and ImageNet top-1 class, for models with a head).
@@ -391,6 +419,8 @@ class Ingestor:
             return
         except Exception as exc:
             self.report = before  # the counts of the rolled-back transaction
+            if is_disconnect(exc):  # no file's fault: the pass ends, the next one redoes it
+                raise
             if len(batch) == 1:
                 self._commit_failure(batch[0], exc)
                 return
@@ -411,8 +441,13 @@ class Ingestor:
             if added:
                 new_ids = np.array([i for i, _ in added], dtype=np.int64)
                 new_vecs = np.stack([v for _, v in added])
-                n = self.lib.cache.index.size + len(added) - len(gone)
-                organize.after_batch(conn, self.lib.k_setting, self.lib.dim, new_ids, new_vecs, n)
+                if self.lib.maintains:
+                    n = self.lib.cache.index.size + len(added) - len(gone)
+                    organize.after_batch(
+                        conn, self.lib.k_setting, self.lib.dim, new_ids, new_vecs, n
+                    )
+                else:
+                    organize.assign_batch(conn, new_ids, new_vecs)
             meta.add_embedded(conn, embedded)
         self.report.embedded += embedded
 
@@ -423,6 +458,8 @@ class Ingestor:
         try:
             self._commit([failed])
         except Exception as again:  # not even as failed: it is found again by the next pass
+            if is_disconnect(again):
+                raise
             log.error("cannot record %s as failed: %s", names.shown(p.fs.path), again)
 
     def _apply(
@@ -515,7 +552,10 @@ class Ingestor:
     def _moved_away(self, conn: Connection, src: Any) -> bool:
         """True when ``src``'s file is gone from a root that is available (a file on an
         unplugged disk, or in a folder that cannot be read, has not moved: its row stays, and
-        the new file gets a copy)."""
+        the new file gets a copy). Only a row of this host can have moved here: another
+        host's path names a file on that host's disks, never looked at here."""
+        if src.host != self.lib.host:
+            return False
         if any(r.id == src.id for r in self._dropped.values()):
             return False  # its row was replaced in this batch (two files swapped names)
         if not vanished(src.path):
@@ -616,10 +656,12 @@ class Ingestor:
     def drain(self, final: bool = True) -> None:
         """Work is done for now: refresh clusters, rebuild the index if the library outgrew its
         kind, and save it (when ``final``, or when the last save is older than a checkpoint)."""
+        self.lib.cache.catch_up()  # other hosts' writes too, on a shared database
         self.lib.cache.maybe_rebuild()
-        vectors = self.lib.cache.index.all_vectors()  # in step with SQLite: we are the writer
-        with self.lib.engine.begin() as conn:
-            organize.after_drain(conn, self.lib.k_setting, self.lib.dim, vectors)
+        if self.lib.maintains:
+            vectors = self.lib.cache.index.all_vectors()  # after_drain checks the count
+            with self.lib.engine.begin() as conn:
+                organize.after_drain(conn, self.lib.k_setting, self.lib.dim, vectors)
         self.checkpoint(force=final)
 
     def checkpoint(self, force: bool = False) -> None:

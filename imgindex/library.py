@@ -1,4 +1,6 @@
-"""A library: one data directory with its SQLite database, FAISS cache and settings.
+"""A library: one data directory with its FAISS cache, lock and weights, and a table of record:
+the SQLite file in the data dir, or a PostgreSQL database shared by several hosts (see
+``imgindex.db.location``).
 
 Opening never imports torch or scikit-learn: read commands (``similar`` on an indexed photo,
 ``clusters``, ``status``) only need SQLite, numpy and FAISS. Read commands never write the FAISS
@@ -17,13 +19,17 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from imgindex import fsafe, store
+from imgindex import fsafe, hosts, store
 from imgindex.cache import VectorCache
 from imgindex.db import Connection, Engine, clusters, images, meta, queue
 from imgindex.db.engine import make_engine, snapshot
-from imgindex.db.migrate import ensure_schema, no_library
-from imgindex.db.roots import add_root, root_paths
+from imgindex.db.host import for_host, host_of
+from imgindex.db.location import Location, locate, record, url_for
+from imgindex.db.locks import Maintenance, maintenance_holder
+from imgindex.db.migrate import current_revision, ensure_schema, no_library
+from imgindex.db.roots import add_root, all_roots, root_paths
 from imgindex.db.schema import STATUS_FAILED, STATUS_INDEXED, STATUS_PENDING
+from imgindex.db.transfer import Progress, Verification, copy_library
 from imgindex.errors import ImgIndexError, LibraryNotFound, ModelMismatch
 from imgindex.models import DEFAULT_MODEL, get_spec
 from imgindex.paths import LibraryPaths
@@ -37,11 +43,12 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Match:
-    """One search result."""
+    """One search result (``host``: the host whose file ``path`` is)."""
 
     path: str
     score: float
     cluster: int | None
+    host: str = hosts.LOCAL
 
 
 def _can_write(paths: LibraryPaths) -> bool:
@@ -50,8 +57,16 @@ def _can_write(paths: LibraryPaths) -> bool:
     return os.access(paths.root, os.W_OK) and os.access(paths.db, os.W_OK)
 
 
+def _client_name(purpose: str) -> str:
+    """How this process names its database sessions: its host and what it does."""
+    return f"{hosts.this_host()} ({purpose})"
+
+
 class Library:
-    """An open library. Use ``Library.open`` or ``Library.create``; close it when done."""
+    """An open library. Use ``Library.open`` or ``Library.create``; close it when done.
+
+    Its engine works for one host (``db.host.for_host``; ``hosts.row_host`` when ``engine`` has
+    none): the roots it walks, the rows of its files and its queue are that host's."""
 
     def __init__(
         self,
@@ -59,11 +74,16 @@ class Library:
         engine: Engine,
         lock: store.WriteLock | None,
         *,
+        location: Location | None = None,
         flat_max: int = FLAT_MAX,
     ) -> None:
         self.paths = paths
-        self.engine = engine
+        self.location = location or Location(paths)
+        self.host = host_of(engine)  # IMGINDEX_HOST checked here: a bad one stops the open
+        self.engine = for_host(engine, self.host)
         self._lock = lock
+        #: the writer's claim to the cluster maintenance (see ``imgindex.db.locks``)
+        self.maintenance = Maintenance(engine) if lock is not None else None
         self.read_only = False  # the database was opened read-only (see ``_open``)
         with snapshot(engine) as conn:
             self.model: str = meta.model(conn) or DEFAULT_MODEL
@@ -72,7 +92,7 @@ class Library:
             self.library_id: str | None = meta.library_id(conn)  # the writer creates it
         #: the FAISS cache; the writer loads it before its first commit (``cache.load``)
         self.cache = VectorCache(
-            paths.root, self.dim, engine, writes=lock is not None, flat_max=flat_max
+            paths.root, self.dim, self.engine, writes=lock is not None, flat_max=flat_max
         )
 
     # --- opening ------------------------------------------------------------------------------
@@ -86,19 +106,37 @@ class Library:
         k: str | None = None,
         model: str | None = None,
         flat_max: int = FLAT_MAX,
+        database: str | None = None,
     ) -> Library:
-        """Create a library (or add roots to an existing one) and open it for writing."""
+        """Create a library (or add roots to an existing one) and open it for writing.
+        ``database``: a PostgreSQL URL; the library there is created, or joined by this host."""
         paths = LibraryPaths(data_dir)
+        location = locate(paths, database)
         paths.root.mkdir(parents=True, exist_ok=True)
         # no write lock: adding roots is one short transaction, and works while the daemon
         # runs (it notices config_version and starts watching the new roots)
-        lib = cls._open(paths, write=False, purpose="imgindex init", create=True, flat_max=flat_max)
+        lib = cls._open(
+            location, write=False, purpose="imgindex init", create=True, flat_max=flat_max
+        )
         try:
             lib._configure(roots, k=k, model=model)
+            record(location)
         except BaseException:
             lib.close()
             raise
         return lib
+
+    @staticmethod
+    def exists(data_dir: Path, database: str | None = None) -> bool:
+        """Whether data dir ``data_dir`` (or ``database``) holds a library already."""
+        location = locate(LibraryPaths(data_dir), database)
+        if location.url is None:
+            return location.paths.db.exists()
+        engine = make_engine(location.url)
+        try:
+            return current_revision(engine) is not None
+        finally:
+            engine.dispose()
 
     @classmethod
     def open(
@@ -108,22 +146,33 @@ class Library:
         write: bool = False,
         purpose: str = "imgindex",
         flat_max: int = FLAT_MAX,
+        database: str | None = None,
     ) -> Library:
-        """Open an existing library; ``write`` takes the library's write lock. ``flat_max``:
-        from this many vectors on, the writer's FAISS index is IVF rather than exact."""
+        """Open an existing library; ``write`` takes the library's write lock (one writer per
+        data dir, so per host on a shared database). ``flat_max``: from this many vectors on,
+        the writer's FAISS index is IVF rather than exact. ``database``: a PostgreSQL URL
+        (else ``IMGINDEX_DATABASE_URL``, else the one the data dir records)."""
         paths = LibraryPaths(data_dir)
-        if not paths.db.exists():
+        location = locate(paths, database)
+        if location.url is None and not paths.db.exists():
             raise LibraryNotFound(
                 f"no library in {paths.root}; create one with `imgindex index DIR...` "
                 "or `imgindex init DIR...` (or point --data-dir / IMGINDEX_DATA_DIR at an "
-                "existing one)"
+                "existing one, or --database / IMGINDEX_DATABASE_URL at a PostgreSQL one)"
             )
-        return cls._open(paths, write=write, purpose=purpose, flat_max=flat_max)
+        if location.url is not None and write:
+            if not cls.exists(data_dir, database):
+                raise no_library(location.url)  # before a data dir is made for nothing
+            paths.root.mkdir(parents=True, exist_ok=True)  # this host's cache and lock
+        lib = cls._open(location, write=write, purpose=purpose, flat_max=flat_max)
+        if write and location.url is not None and not paths.database_url.exists():
+            record(location)  # this data dir now holds this library's cache
+        return lib
 
     @classmethod
     def _open(
         cls,
-        paths: LibraryPaths,
+        location: Location,
         *,
         write: bool,
         purpose: str,
@@ -131,17 +180,20 @@ class Library:
         flat_max: int = FLAT_MAX,
     ) -> Library:
         """Only ``create`` accepts a database without the schema or a model. A reader that
-        cannot write the data directory opens the database read-only and migrates nothing."""
-        if not create and paths.db.stat().st_size == 0:
+        cannot write the data directory opens a SQLite database read-only and migrates
+        nothing (a server's permissions are the server's)."""
+        paths = location.paths
+        sqlite = location.url is None
+        if sqlite and not create and paths.db.stat().st_size == 0:
             raise no_library(paths.db)  # before any connection writes a header into it
-        read_only = not (write or create or _can_write(paths))
+        read_only = sqlite and not (write or create or _can_write(paths))
         lock = store.WriteLock(paths.lock, purpose) if write else None
         if lock:
             lock.acquire()
-        engine = make_engine(paths.db, read_only=read_only)
+        engine = make_engine(location.target, read_only=read_only, client=_client_name(purpose))
         try:
-            ensure_schema(engine, paths.db, create=create, read_only=read_only)
-            lib = cls(paths, engine, lock, flat_max=flat_max)
+            ensure_schema(engine, location.target, create=create, read_only=read_only)
+            lib = cls(paths, engine, lock, location=location, flat_max=flat_max)
             lib.read_only = read_only
             if lib.dim:
                 lib._check_model()
@@ -160,6 +212,8 @@ class Library:
             raise
         if write:
             lib.cache.remove_leftovers()
+            assert lib.maintenance is not None
+            lib.maintenance.try_take()
         return lib
 
     def _identity(self, conn: Any) -> str:
@@ -219,11 +273,41 @@ class Library:
         self.model, self.dim = spec.name, spec.dim
         self.cache.reset(spec.dim)  # every vector left the log's set: the next load starts empty
 
+    def move_to(self, url: str, progress: Progress | None = None) -> Verification:
+        """Copy this SQLite library into the empty PostgreSQL database at ``url``, verify the
+        copy (row counts and checksums, the vectors' among them), then switch the data dir to
+        it. The SQLite file is kept beside, renamed ``imgindex.db.moved-to-postgresql``; the
+        FAISS file stays valid (the changes log moves with the rows). Needs the write lock."""
+        if not self.writable:
+            raise ValueError("the library must be opened for writing")
+        if self.location.url is not None:
+            raise ImgIndexError(f"the library is in {self.location.shown()} already")
+        target = Location(self.paths, url_for(url))
+        engine = make_engine(url_for(url), client=_client_name("imgindex migrate"))
+        try:
+            result = copy_library(self.engine, engine, progress)
+        finally:
+            engine.dispose()
+        self.engine.dispose()  # SQLite folds its WAL into the file at the last close
+        record(target)
+        self.paths.db.rename(self.paths.db.with_name(f"{self.paths.db.name}.moved-to-postgresql"))
+        self.location = target
+        self.engine = make_engine(url_for(url), client=_client_name("imgindex migrate"))
+        return result
+
     @property
     def writable(self) -> bool:
         return self._lock is not None
 
+    @property
+    def maintains(self) -> bool:
+        """Whether this writer runs the cluster maintenance (on SQLite the writer always does;
+        on PostgreSQL one writing host at a time, ``maintenance.try_take``)."""
+        return self.maintenance is not None and self.maintenance.held
+
     def close(self) -> None:
+        if self.maintenance is not None:
+            self.maintenance.release()
         self.engine.dispose()
         if self._lock:
             self._lock.release()
@@ -259,7 +343,9 @@ class Library:
         counts = images.count_by_status(conn)
         return {
             "data_dir": str(self.paths.root),
-            "roots": [{"path": str(p), "available": p.is_dir()} for p in root_paths(conn)],
+            "database": self.location.describe(),
+            "host": self.host,
+            "roots": self._roots_status(conn),
             "model": self.model,
             "dim": self.dim,
             "k": self.k_setting,
@@ -271,8 +357,25 @@ class Library:
             "index_kind": vi.kind,
             "embedded_total": meta.embedded_total(conn),
             "queued": queue.count(conn),
+            "maintenance": self._maintenance_status(conn),
             "daemon": self._daemon_status(meta.daemon_status(conn)),
         }
+
+    def _maintenance_status(self, conn: Connection) -> str | None:
+        """Who runs the cluster maintenance: ``"this writer"`` on SQLite when a writer is
+        open, the holding session's name (its host) on PostgreSQL, else None."""
+        holder = maintenance_holder(conn)
+        if holder is None and self.location.url is None:
+            return store.lock_holder(self.paths.lock)
+        return holder
+
+    def _roots_status(self, conn: Connection) -> list[dict[str, Any]]:
+        """Every host's roots: ``available`` says whether this host's are there now (None for
+        another host's: its disks are not this host's to look at)."""
+        return [
+            {"path": str(p), "host": h, "available": p.is_dir() if h == self.host else None}
+            for h, p in all_roots(conn)
+        ]
 
     def _daemon_status(self, info: dict[str, Any]) -> dict[str, Any]:
         holder = store.lock_holder(self.paths.lock)
@@ -289,8 +392,10 @@ class Library:
         }
 
     def failed(self) -> list[dict[str, Any]]:
+        """Every host's failed and pending files, with their host and reason."""
         with self.engine.connect() as conn:
-            return [{"path": p, "reason": r, "status": s} for p, r, s in images.not_indexed(conn)]
+            rows = images.not_indexed(conn)
+        return [{"host": h, "path": p, "reason": r, "status": s} for h, p, r, s in rows]
 
     def search_stored(self, paths: list[Path], k: int = 10) -> list[Match] | None:
         """The ``k`` nearest images to the first of ``paths`` that is indexed and unchanged,
@@ -335,4 +440,6 @@ class Library:
             return []
         exact = images.stack_blobs([r.vector for r in rows], self.dim) @ np.ravel(vector)
         order = np.argsort(-exact, kind="stable")[:k]
-        return [Match(rows[i].path, float(exact[i]), rows[i].cluster_id) for i in order]
+        return [
+            Match(rows[i].path, float(exact[i]), rows[i].cluster_id, rows[i].host) for i in order
+        ]

@@ -28,13 +28,15 @@ class Notifier:
         return self.address is not None
 
     def send(self, *fields: str) -> None:
-        """Send ``KEY=VALUE`` lines in one datagram; errors are ignored (best effort)."""
+        """Send ``KEY=VALUE`` lines in one datagram, without waiting: a supervisor that does
+        not read its socket never stalls the daemon (the message is dropped, as are errors:
+        best effort)."""
         if self.address is None:
             return
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            self._sock.sendto("\n".join(fields).encode(), self.address)
+            self._sock.sendto("\n".join(fields).encode(), socket.MSG_DONTWAIT, self.address)
         except OSError:
             pass
 

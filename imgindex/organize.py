@@ -3,6 +3,8 @@
 - ``after_batch``: inside the ingest transaction, one ``partial_fit`` on the new vectors and
   their assignment (cost independent of the library size), or a consolidation when the library
   has doubled since the last one (amortised, geometric).
+- ``assign_batch``: the same for a writer that does not hold the cluster maintenance (a
+  PostgreSQL library written by several hosts, see ``imgindex.db.locks``): nearest centre only.
 - ``after_drain``: when a run or the daemon's queue drains, a consolidation if the library
   changed by more than ``REFRESH_RATIO`` (or k must be re-chosen), else, up to
   ``REASSIGN_MAX`` images, every image is re-assigned to the current centres. Beyond that a
@@ -58,6 +60,16 @@ def after_batch(
     images.set_clusters(conn, ids, cs.ids[labels])
     sizes = state.sizes + np.bincount(labels, minlength=cs.k)
     save_state(conn, State(cs.ids, cs.centers, cs.weights, sizes, cs.n_steps, cs.since_reassign))
+
+
+def assign_batch(conn: Connection, ids: np.ndarray, vectors: np.ndarray) -> None:
+    """Give newly indexed vectors the cluster of their nearest centre and change nothing
+    else: what a writer that does not hold the cluster maintenance does (another host runs
+    ``after_batch``/``after_drain``; it corrects sizes and labels at its next drain)."""
+    state = load_state(conn)
+    if state is None or len(ids) == 0:
+        return  # no clusters yet: the maintaining host assigns them when it forms them
+    images.set_clusters(conn, ids, state.ids[cluster.assign(state.centers, vectors)])
 
 
 def after_drain(

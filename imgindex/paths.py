@@ -12,6 +12,7 @@ LEGACY_INDEX_NAME = "vectors.faiss"  # the FAISS file before revision 0004
 LOCK_NAME = "write.lock"
 WEIGHTS_DIR = "weights"
 SOCKET_NAME = "daemon.sock"
+DATABASE_URL_NAME = "database.url"  # a PostgreSQL library's URL (no password)
 
 
 def resolve_data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -35,6 +36,11 @@ class LibraryPaths:
     @property
     def db(self) -> Path:
         return self.root / DB_NAME
+
+    @property
+    def database_url(self) -> Path:
+        """The URL of the library's PostgreSQL database, when it has one (``init --database``)."""
+        return self.root / DATABASE_URL_NAME
 
     @property
     def lock(self) -> Path:

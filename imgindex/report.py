@@ -81,11 +81,14 @@ def human_size(size: int) -> str:
     return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{max(1, round(size / 1e3))} KB"
 
 
-def thumbnail(path: str, px: int = THUMB_PX) -> str:
+def thumbnail(path: str | None, px: int = THUMB_PX) -> str:
     """A base64 JPEG of the file at ``path``, upright, at most ``px`` on its longest side; ""
-    when the file is gone or does not decode (the report shows a placeholder)."""
+    when the file is gone or does not decode, or for None (another host's file, not on this
+    host's disks): the report shows a placeholder."""
     from imgindex.decode import open_upright
 
+    if path is None:
+        return ""
     try:
         img = open_upright(Path(path).read_bytes(), min_size=px)
         img.thumbnail((px, px), Image.Resampling.LANCZOS, reducing_gap=2.0)
@@ -96,7 +99,7 @@ def thumbnail(path: str, px: int = THUMB_PX) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def thumbnails(paths: list[str], px: int = THUMB_PX) -> list[str]:
+def thumbnails(paths: list[str | None], px: int = THUMB_PX) -> list[str]:
     """``thumbnail`` of every path, decoded in threads (Pillow releases the GIL)."""
     workers = max(2, min(8, os.cpu_count() or 2))
     with ThreadPoolExecutor(workers) as pool:
@@ -196,7 +199,7 @@ def gather(lib: Any, thumbs_max: int = THUMBS_MAX, sheet_size: int = SHEET_SIZE)
         points["t"][i] = n
     return {
         "points": points,
-        "thumbs": thumbnails([rows[i].path for i in thumbed]),
+        "thumbs": thumbnails([rows[i].path if rows[i].host == lib.host else None for i in thumbed]),
         "clusters": [
             {
                 "id": cid,

@@ -7,7 +7,8 @@ the exact top 10 (recall@10 >= ``RECALL_TARGET``). Callers re-score IVF candidat
 exact vectors from SQLite, so scores are exact and memory is an eighth of float32.
 
 Files are plain FAISS files named ``vectors.<seq>.faiss``, where ``seq`` is the position in the
-``index_log`` table (changes appended by SQLite triggers) that the file reflects. The writer
+``index_log`` table (changes appended by triggers) that the file reflects (on PostgreSQL the
+position also holds a snapshot's ``xmin``, kept in the file's record: ``db.changes``). The writer
 replaces them atomically (temp file, fsync, rename, fsync of the directory), hashing each while
 writing it: a ``FileRecord`` (the library's id, BLAKE2b checksum, size, and the inode and times
 the file got) is kept in SQLite, so a damaged or foreign file is recognised and never served.
@@ -33,6 +34,7 @@ import faiss as _faiss
 import numpy as np
 
 from imgindex import diskspace, fsafe
+from imgindex.db.changes import LogPosition
 
 #: faiss's SWIG stubs miss DirectMap, the IO callbacks and subclasses' attributes
 faiss: Any = _faiss
@@ -57,6 +59,9 @@ def file_name(seq: int) -> str:
 class FileRecord:
     """What the writer recorded about an index file it saved: whose it is and what it holds.
 
+    ``xmin``: the second part of the file's log position (PostgreSQL; 0 on SQLite and in
+    records of older versions, which makes its catch-up replay every row in the log).
+
     ``stamp``: ``(inode, mtime_ns, ctime_ns)`` the file had once in place. Any write to the
     file, or another file copied over it, changes them (ctime cannot be set back), so a file
     still bearing them is taken as unchanged without hashing it (hashing costs ~0.8 s per
@@ -66,6 +71,7 @@ class FileRecord:
     blake2b: str
     size: int
     stamp: tuple[int, int, int] | None = None
+    xmin: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -75,7 +81,13 @@ class FileRecord:
         try:
             data = json.loads(text or "")
             stamp = data.get("stamp")
-            return cls(data["library"], data["blake2b"], int(data["size"]), stamp and tuple(stamp))
+            return cls(
+                data["library"],
+                data["blake2b"],
+                int(data["size"]),
+                stamp and tuple(stamp),
+                int(data.get("xmin", 0)),
+            )
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
 
@@ -119,14 +131,18 @@ def nlist_for(n: int) -> int:
 class VectorIndex:
     """Inner-product (cosine, on unit vectors) search over ids -> vectors.
 
-    ``seq``: the ``index_log`` position this index reflects. A read-only index (memory-mapped)
-    carries an overlay: ``changed`` ids hidden from the base and their current vectors."""
+    ``seq`` and ``xmin``: the ``index_log`` position this index reflects (``position``). A
+    read-only index (memory-mapped) carries an overlay: ``changed`` ids hidden from the base
+    and their current vectors."""
 
-    def __init__(self, dim: int, index: faiss.Index | None = None, seq: int = 0) -> None:
+    def __init__(
+        self, dim: int, index: faiss.Index | None = None, seq: int = 0, xmin: int = 0
+    ) -> None:
         self.dim = dim
         self.index = index if index is not None else faiss.IndexIDMap(faiss.IndexFlatIP(dim))
-        self.seq = seq
-        self.base_seq = seq  # of the file it was read from (a reader's overlay starts there)
+        self.seq, self.xmin = seq, xmin
+        # of the file it was read from or saved to (a reader's overlay starts there)
+        self.base_seq, self.base_xmin = seq, xmin
         self.read_only = False
         self.path: Path | None = None
         self._changed = np.empty(0, np.int64)
@@ -136,6 +152,16 @@ class VectorIndex:
         self._hidden: int | None = None  # how many changed ids the base holds (lazy)
 
     # --- what it holds ------------------------------------------------------------------------
+
+    @property
+    def position(self) -> LogPosition:
+        """The log position the index reflects."""
+        return LogPosition(self.seq, self.xmin)
+
+    @property
+    def base_position(self) -> LogPosition:
+        """The log position of the file it was read from or last saved to."""
+        return LogPosition(self.base_seq, self.base_xmin)
 
     @property
     def ivf(self) -> faiss.IndexIVF | None:
@@ -195,11 +221,13 @@ class VectorIndex:
             return int(self.index.remove_ids(faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids))))
         return int(self.index.remove_ids(faiss.IDSelectorBatch(ids)))
 
-    def apply(self, changed: np.ndarray, ids: np.ndarray, vectors: np.ndarray, seq: int) -> None:
-        """Bring the index to log position ``seq``: ``changed`` ids (from the log) are dropped
+    def apply(
+        self, changed: np.ndarray, ids: np.ndarray, vectors: np.ndarray, at: LogPosition
+    ) -> None:
+        """Bring the index to log position ``at``: ``changed`` ids (from the log) are dropped
         and ``ids``/``vectors`` (those of them indexed now) added. Idempotent. A read-only
         index keeps them as its overlay instead, so there ``changed`` must be every id logged
-        since ``base_seq``."""
+        since ``base_position``."""
         if self.read_only:
             self._changed = np.unique(np.asarray(changed, np.int64))
             self._delta = faiss.IndexIDMap(faiss.IndexFlatIP(self.dim))
@@ -214,7 +242,7 @@ class VectorIndex:
                 changed = changed[np.isin(changed, _ids_of(self.index))]
             self.remove(changed)
             self.add(ids, vectors)
-        self.seq = seq
+        self.seq, self.xmin = at
 
     # --- search -------------------------------------------------------------------------------
 
@@ -245,13 +273,14 @@ class VectorIndex:
         dim: int,
         *,
         mmap: bool,
-        accept: Callable[[Path], bool] | None = None,
+        accept: Callable[[Path], FileRecord | None] | None = None,
     ) -> VectorIndex | None:
-        """The newest index file in ``folder`` that ``accept`` vouches for (memory-mapped,
-        read-only when ``mmap``), or None when there is none usable (a cache: anything wrong
-        means rebuild)."""
+        """The newest index file in ``folder`` that ``accept`` vouches for, giving its record
+        (memory-mapped, read-only when ``mmap``; at the log position of the file's name and
+        record), or None when there is none usable (a cache: anything wrong means rebuild)."""
         for seq, path in sorted(index_files(folder), reverse=True):
-            if accept is not None and not accept(path):
+            record = accept(path) if accept is not None else None
+            if accept is not None and record is None:
                 continue
             try:
                 index = faiss.read_index(str(path), MMAP_FLAGS if mmap else 0)
@@ -262,7 +291,7 @@ class VectorIndex:
             if index.d != dim:
                 log.warning("ignoring %s: it holds %d-d vectors, not %d", path, index.d, dim)
                 continue
-            vi = cls(dim, index, seq)
+            vi = cls(dim, index, seq, record.xmin if record is not None else 0)
             vi.read_only, vi.path = mmap, path
             if not mmap and vi.ivf is not None:  # the writer removes ids by hash table
                 vi.ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
@@ -286,12 +315,14 @@ class VectorIndex:
         finally:
             if ivf is not None:
                 ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
-        return tmp, FileRecord(library, digest, size)
+        return tmp, FileRecord(library, digest, size, xmin=self.xmin)
 
     def install(self, tmp: Path, path: Path) -> None:
-        """Rename a written temporary file to ``path`` (atomically, durably)."""
+        """Rename a written temporary file to ``path`` (atomically, durably): the index's file
+        is now that one, at its position."""
         fsafe.atomic_replace(tmp, path)
         self.path = path
+        self.base_seq, self.base_xmin = self.seq, self.xmin
 
 
 def _write_hashed(index: faiss.Index, fh: IO[bytes]) -> tuple[str, int]:

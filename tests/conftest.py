@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pg import postgres_server, postgres_url  # noqa: F401  (fixtures: a real PostgreSQL)
+from pg import postgres_server, postgres_url, private_postgres  # noqa: F401  (fixtures: a real PostgreSQL)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CORPUS = REPO.parent / "shared" / "corpus"
@@ -25,6 +25,8 @@ REMOVED = (
     "LISTEN_FDS",
     "LISTEN_PID",
     "TORCH_HOME",
+    "IMGINDEX_DATABASE_URL",
+    "IMGINDEX_HOST",
 )
 
 
@@ -69,3 +71,27 @@ def corpus(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"real corpus {path} is absent (it lives in ../shared, beside the repository)")
     return path
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test of a module that uses this (``pytestmark = pytest.mark.usefixtures("backend")``)
+    runs twice: on the default SQLite file, and with ``IMGINDEX_DATABASE_URL`` naming a fresh
+    database on a real PostgreSQL server, so every library the test makes lives there (and
+    every process it starts inherits it)."""
+    if request.param == "postgresql":
+        server = request.getfixturevalue("postgres_server")
+        monkeypatch.setenv("IMGINDEX_DATABASE_URL", server.create_database())
+    return str(request.param)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test marked ``sqlite_only`` (it is about the SQLite file itself) runs once."""
+    keep = [
+        item
+        for item in items
+        if not (item.get_closest_marker("sqlite_only") and "[postgresql" in item.name)
+    ]
+    if len(keep) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,7 @@ class DaemonProcess:
         watchdog_usec: int | None = None,
         quick: bool = True,
         preexec_fn: Callable[[], None] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         """``quick``: short ``--debounce`` and ``--batch-seconds`` (else the settings'), and
         short housekeeping rounds and drains (``QUICK_TIMINGS``, else the daemon's own)."""
@@ -38,9 +40,13 @@ class DaemonProcess:
         self.sock.bind(str(self.sock_path))
         self.sock.settimeout(0.2)
         self.messages: list[str] = []
-        env = {**os.environ, "NOTIFY_SOCKET": str(self.sock_path)}
+        # read all the time, as systemd does: the kernel keeps only a few unread datagrams
+        self._reading = True
+        self._reader = threading.Thread(target=self._read_all, daemon=True)
+        self._reader.start()
+        environ = {**os.environ, **(env or {}), "NOTIFY_SOCKET": str(self.sock_path)}
         if watchdog_usec:
-            env["WATCHDOG_USEC"] = str(watchdog_usec)
+            environ["WATCHDOG_USEC"] = str(watchdog_usec)
         self.log = open(data.parent / "daemon.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
@@ -56,16 +62,22 @@ class DaemonProcess:
             ],
             stdout=subprocess.PIPE,
             stderr=self.log,
-            env=env,
+            env=environ,
             preexec_fn=preexec_fn,
         )
 
-    def read_messages(self) -> list[str]:
-        while True:
+    def _read_all(self) -> None:
+        while self._reading:
             try:
                 self.messages.append(self.sock.recv(4096).decode())
             except (TimeoutError, BlockingIOError):
-                return self.messages
+                continue
+            except OSError:
+                return
+
+    def read_messages(self) -> list[str]:
+        time.sleep(0.05)  # what was sent just now is read
+        return list(self.messages)
 
     def wait_ready(self, timeout: float = 60) -> None:
         wait_for(
@@ -109,6 +121,8 @@ class DaemonProcess:
         self.close()
 
     def close(self) -> None:
+        self._reading = False
+        self._reader.join(timeout=5)
         self.sock.close()
         self.sock_path.unlink(missing_ok=True)
         self.log.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -41,19 +40,56 @@ def run_process(
     )
 
 
+def query(data: Path, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+    """Rows of ``sql`` (``:name`` parameters) on the table of record of the library in data
+    dir ``data``, SQLite or PostgreSQL alike, read the way another process would. File names
+    come back as ``str`` on both (PostgreSQL keeps them as bytes)."""
+    from sqlalchemy import text
+
+    from imgindex.db.engine import make_engine
+    from imgindex.db.location import locate
+    from imgindex.names import from_bytes
+    from imgindex.paths import LibraryPaths
+
+    engine = make_engine(locate(LibraryPaths(data)).target)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text(sql), params).all()
+    finally:
+        engine.dispose()
+    fix = lambda v: from_bytes(bytes(v)) if isinstance(v, (bytes, memoryview)) else v  # noqa: E731
+    return [tuple(fix(v) for v in row) for row in rows]
+
+
+def execute(data: Path, sql: str, rows: list[dict[str, Any]] | None = None) -> None:
+    """Run a writing statement on the library's table of record (both backends)."""
+    from sqlalchemy import text
+
+    from imgindex.db.engine import make_engine
+    from imgindex.db.location import locate
+    from imgindex.paths import LibraryPaths
+
+    engine = make_engine(locate(LibraryPaths(data)).target)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(sql), rows or {})
+    finally:
+        engine.dispose()
+
+
 def row_count(data: Path) -> int:
     """Rows in the library's images table, read the way another process would (0 if busy)."""
     try:
-        with sqlite3.connect(data / "imgindex.db", timeout=5) as conn:
-            return conn.execute("SELECT count(*) FROM images").fetchone()[0]
-    except sqlite3.Error:
+        return int(query(data, "SELECT count(*) FROM images")[0][0])
+    except Exception:
         return 0
 
 
 def synthetic_row(path: str, vector: Any, model: str, **extra: Any) -> dict[str, Any]:
     """An indexed ``images`` row of a file that does not exist, for libraries of made-up vectors
-    (root 1 must exist)."""
+    (root 1 must exist), of the one host of a SQLite library (``imgindex.hosts.LOCAL``)."""
     return {
+        "host": "",
         "path": path,
         "root_id": 1,
         "size": 1,

@@ -21,7 +21,11 @@ USER = "postgres"  # the cluster's OS user and its superuser role
 
 @dataclass
 class Server:
-    """A running cluster: its socket directory and a counter for fresh database names."""
+    """A running cluster: its socket directory and a counter for fresh database names.
+
+    ``stop``, ``start`` and ``restart`` take the server away and bring it back (a test's own
+    server, ``private_postgres``: never the session's); the socket directory stays, so the URLs
+    handed out stay valid across them."""
 
     socket_dir: Path
     names: itertools.count
@@ -38,6 +42,37 @@ class Server:
             conn.autocommit = True
             conn.execute(f"CREATE DATABASE {name}")
         return self.url(name)
+
+    @property
+    def data(self) -> Path:
+        return self.socket_dir / "data"
+
+    @property
+    def log(self) -> Path:
+        return self.socket_dir / "log"
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
+        options = (
+            f"-c listen_addresses='' -c unix_socket_directories={self.socket_dir} -c fsync=off"
+        )
+        _pg_ctl(self, "-o", options, "-l", self.log, "-w", "start")
+
+    def stop(self) -> None:
+        """Stop the server at once (``immediate``: every client's connection is cut, as when
+        the server crashes or the network goes); its data stays for ``start``."""
+        _pg_ctl(self, "-m", "immediate", "-w", "stop")
+
+    def restart(self) -> None:
+        """Stop the server (cutting every connection) and start it again."""
+        self.stop()
+        self.start()
+
+
+def _pg_ctl(server: Server, *args: str | Path) -> None:
+    bindir = _bindir()
+    assert bindir is not None
+    _as_postgres(bindir / "pg_ctl", "-D", server.data, *args)
 
 
 def _bindir() -> Path | None:
@@ -76,9 +111,9 @@ def _as_postgres(*args: str | Path) -> None:
     subprocess.run(["runuser", "-u", USER, "--", *map(str, args)], check=True, capture_output=True)
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[Server]:
-    """One cluster for the session, stopped (and removed) at its end."""
+def _new_server() -> Iterator[Server]:
+    """A fresh cluster in a temp dir, running; stopped and removed afterwards (skips the test
+    when no server can start here)."""
     reason = _why_not()
     if reason is not None:
         pytest.skip(reason)
@@ -87,21 +122,35 @@ def postgres_server() -> Iterator[Server]:
     top = Path(tempfile.mkdtemp(prefix="imgindex-pg-"))
     entry = pwd.getpwnam(USER)
     os.chown(top, entry.pw_uid, entry.pw_gid)
-    data = top / "data"
-    _as_postgres(bindir / "initdb", "-D", data, "-A", "trust", "-U", USER, "--no-sync")
-    options = f"-c listen_addresses='' -c unix_socket_directories={top} -c fsync=off"
+    top.chmod(0o755)  # the socket is reachable by processes that obey file modes (tests)
+    server = Server(top, itertools.count())
+    _as_postgres(bindir / "initdb", "-D", server.data, "-A", "trust", "-U", USER, "--no-sync")
     try:
-        _as_postgres(bindir / "pg_ctl", "-D", data, "-o", options, "-l", top / "log", "-w", "start")
+        server.start()
     except subprocess.CalledProcessError:  # CI always has a server: say why it did not start
-        pytest.fail(f"PostgreSQL did not start:\n{(top / 'log').read_text(errors='replace')}")
+        pytest.fail(f"PostgreSQL did not start:\n{server.log.read_text(errors='replace')}")
     try:
-        yield Server(top, itertools.count())
+        yield server
     finally:
-        _as_postgres(bindir / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop")
+        if (server.data / "postmaster.pid").exists():
+            server.stop()
         shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Server]:
+    """One cluster for the session, stopped (and removed) at its end."""
+    yield from _new_server()
 
 
 @pytest.fixture
 def postgres_url(postgres_server: Server) -> str:
     """A fresh empty database on the session's server, as a SQLAlchemy URL."""
     return postgres_server.create_database()
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[Server]:
+    """A cluster of this test's own, which it may ``stop``, ``start`` and ``restart`` (a
+    database restarted, a network cut) without disturbing other tests."""
+    yield from _new_server()

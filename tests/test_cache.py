@@ -133,11 +133,12 @@ def test_check_reports_and_repairs_what_it_can(tmp_path):
             (np.ones(DIM, np.float32).tobytes(), long),
         )
         conn.execute(
-            "INSERT INTO queue (path, due_at, enqueued_at) VALUES ('/elsewhere/x.jpg', 0, 0)"
+            "INSERT INTO queue (host, path, due_at, enqueued_at)"
+            " VALUES ('', '/elsewhere/x.jpg', 0, 0)"
         )
         conn.execute(
-            "INSERT INTO images (path, root_id, size, mtime_ns, status, reason, updated_at)"
-            " VALUES (?, 1, 1, 1, 'pending', 'waiting', 0)",
+            "INSERT INTO images (host, path, root_id, size, mtime_ns, status, reason, updated_at)"
+            " VALUES ('', ?, 1, 1, 1, 'pending', 'waiting', 0)",
             (str(photos / "gone.jpg"),),
         )
     scribble(the_file(data))
@@ -225,8 +226,8 @@ def add_vectors(data: Path, n: int) -> None:
         conn.execute(
             images.insert(),
             [
-                {"path": f"/synthetic/{i}.jpg", "root_id": 1, "size": 1, "mtime_ns": 1,
-                 "status": "indexed", "model": lib.model, "vector": v.tobytes(),
+                {"host": lib.host, "path": f"/synthetic/{i}.jpg", "root_id": 1, "size": 1,
+                 "mtime_ns": 1, "status": "indexed", "model": lib.model, "vector": v.tobytes(),
                  "updated_at": 0.0}
                 for i, v in enumerate(x)
             ],

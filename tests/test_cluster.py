@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import cli, cli_json, run_process
+from helpers import cli, cli_json, query, run_process
 from imaging import make_photos
 from sklearn.cluster import MiniBatchKMeans
 from sklearn.metrics import normalized_mutual_info_score
 
 from imgindex import cluster
+
+pytestmark = pytest.mark.usefixtures("backend")  # every test on SQLite and on PostgreSQL
 
 
 def blobs(n_per: int, centres: int, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -113,8 +115,6 @@ def test_auto_k_is_chosen_by_silhouette_and_every_image_is_assigned(tmp_path):
 
 def test_each_batch_updates_the_model_before_the_run_ends(tmp_path):
     """Clusters form and follow during a run (partial_fit per batch), not only at its end."""
-    import sqlite3
-
     from imgindex.ingest import Ingestor
     from imgindex.library import Library
     from imgindex.scan import walk
@@ -129,21 +129,9 @@ def test_each_batch_updates_the_model_before_the_run_ends(tmp_path):
         files = [(1, fs) for fs in walk(photos.resolve())]
         for start in range(0, len(files), 24):  # no drain: only per-batch updates
             ingestor.ingest(files[start : start + 24])
-            with sqlite3.connect(data / "imgindex.db") as conn:
-                steps.append(
-                    int(
-                        conn.execute(
-                            "SELECT value FROM meta WHERE key = 'cluster_n_steps'"
-                        ).fetchone()[0]
-                        if conn.execute(
-                            "SELECT 1 FROM meta WHERE key = 'cluster_n_steps'"
-                        ).fetchone()
-                        else 0
-                    )
-                )
-                unassigned = conn.execute(
-                    "SELECT count(*) FROM images WHERE cluster_id IS NULL"
-                ).fetchone()[0]
+            n_steps = query(data, "SELECT value FROM meta WHERE key = 'cluster_n_steps'")
+            steps.append(int(n_steps[0][0]) if n_steps else 0)
+            unassigned = query(data, "SELECT count(*) FROM images WHERE cluster_id IS NULL")[0][0]
     assert steps[-1] > steps[2] > 0, steps  # partial_fit ran batch after batch
     assert unassigned == 0  # every image got a cluster as its batch arrived
 

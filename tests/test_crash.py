@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cli, cli_json, row_count
+from helpers import cli, cli_json, query, row_count
 from imaging import make_photos
 
 from imgindex.vindex import VectorIndex
@@ -22,6 +21,8 @@ CHILD = r"""
 import os, signal, sys
 from imgindex import ingest, vindex
 from imgindex.cli import main
+
+pytestmark = pytest.mark.usefixtures("backend")  # every test on SQLite and on PostgreSQL
 
 point, after = sys.argv[1], int(sys.argv[2])
 calls = {"n": 0}
@@ -58,12 +59,11 @@ def assert_consistent(data: Path, photos: Path, decodable: int) -> None:
     status = cli_json(data, "status")
     assert status["indexed"] == status["index_size"] == decodable
     assert status["failed"] == 1 and status["pending"] == 0
-    with sqlite3.connect(data / "imgindex.db") as conn:
-        rows = conn.execute("SELECT id, path FROM images WHERE status = 'indexed'").fetchall()
-        clusters = conn.execute("SELECT sum(size) FROM clusters").fetchone()[0]
-        unassigned = conn.execute(
-            "SELECT count(*) FROM images WHERE status='indexed' AND cluster_id IS NULL"
-        ).fetchone()[0]
+    rows = query(data, "SELECT id, path FROM images WHERE status = 'indexed'")
+    clusters = query(data, "SELECT sum(size) FROM clusters")[0][0]
+    unassigned = query(
+        data, "SELECT count(*) FROM images WHERE status='indexed' AND cluster_id IS NULL"
+    )[0][0]
     ids = VectorIndex.open_latest(data, 192, mmap=True).ids()
     assert len(ids) == len(set(ids.tolist())), "duplicate vectors in FAISS"
     assert sorted(ids.tolist()) == sorted(r[0] for r in rows), "FAISS and SQLite disagree"

@@ -32,9 +32,10 @@ def distances(hashes: np.ndarray, h: int) -> np.ndarray:
     return np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
 
 
-@pytest.fixture(scope="module")
-def copies(tmp_path_factory) -> tuple[Path, Path]:
-    """An original with an exact copy, a smaller copy of another aspect ratio, a PNG re-encode,
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def copies(request, tmp_path_factory) -> tuple[Path, Path]:
+    """On each backend (a PostgreSQL library's data dir records its database), an original
+    with an exact copy, a smaller copy of another aspect ratio, a PNG re-encode,
     a grey copy, a mirror image, a grey crop; and four different pictures, two files that
     decode as nothing (one a copy of the other)."""
     root = tmp_path_factory.mktemp("dups")
@@ -52,7 +53,10 @@ def copies(tmp_path_factory) -> tuple[Path, Path]:
         draw(family, seed, (640, 480)).save(photos / f"{family}{seed}.jpg")
     (photos / "broken.jpg").write_bytes(b"\xff\xd8 not really a JPEG " * 40)
     shutil.copy(photos / "broken.jpg", photos / "broken_copy.jpg")
-    cli(data, "init", photos, "--model", "thumbnail")
+    where = []
+    if request.param == "postgresql":
+        where = ["--database", request.getfixturevalue("postgres_server").create_database()]
+    cli(data, *where, "init", photos, "--model", "thumbnail")
     cli(data, "index")
     return photos, data
 
@@ -84,7 +88,8 @@ def test_copies_are_grouped_with_their_original_and_nothing_else(copies):
 def test_json_members_first_then_by_score_with_kinds(copies):
     _, data = copies
     members = cli_json(data, "duplicates")[0]["members"]
-    assert all(set(m) == {"path", "score", "kind", "distance"} for m in members)
+    assert all(set(m) == {"path", "score", "kind", "distance", "host"} for m in members)
+    assert {m["host"] for m in members} == {""}  # a SQLite library is its one host's
     first, rest = members[0], members[1:]
     # the largest picture first: most pixels, then the largest file (the JPEGs, not the PNG
     # of this flat drawing), then the path

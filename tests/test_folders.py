@@ -18,6 +18,8 @@ from imaging import draw, make_photos
 from mounts import Mounts
 from unprivileged import json_unprivileged, obey_file_modes, require_file_modes
 
+pytestmark = pytest.mark.usefixtures("backend")  # every test on SQLite and on PostgreSQL
+
 
 @pytest.fixture()
 def album_lib(tmp_path: Path) -> tuple[Path, Path, Path]:

@@ -10,6 +10,8 @@ from conftest import corpus
 from helpers import cli, cli_json
 from imaging import make_photos
 
+pytestmark = pytest.mark.usefixtures("backend")  # every test on SQLite and on PostgreSQL
+
 
 def _cluster_of(data: Path, path: Path) -> int:
     for c in cli_json(data, "clusters", "--list"):

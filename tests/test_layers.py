@@ -48,6 +48,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "imgindex.fsafe",
             "imgindex.logs",
             "imgindex.notify",
+            "imgindex.hosts",
         ],
     ),
     ("storage", ["imgindex.db", "imgindex.db.*", "imgindex.store"]),

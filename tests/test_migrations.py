@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -140,3 +142,67 @@ def test_upgrade_to_ctimes_retries_a_failed_file_once_and_keeps_indexed_ones(tmp
         assert ctime.fetchone()[0] == locked.stat().st_ctime_ns
         assert conn.execute("SELECT count(*) FROM images WHERE ctime_ns IS NULL").fetchone() == (2,)
     assert cli_json(data, "index")["unchanged"] == 3
+
+
+def test_upgrade_to_log_xids_keeps_the_log_and_a_saved_file(tmp_path):
+    """0006 with data and a saved FAISS file: 0007 adds ``index_log.xid`` (0 on SQLite) as a
+    plain ALTER TABLE, so the logged rows and the triggers stay; the file of the older
+    version is still used (its record has no xmin) and a deletion reaches readers."""
+    _photos, data = _v1_library(tmp_path, "0006")
+    cli(data, "index")  # upgrades, saves a file
+    files = sorted(data.glob("vectors.*.faiss"))
+    assert len(files) == 1
+    with sqlite3.connect(data / "imgindex.db") as conn:
+        columns = {r[1]: r for r in conn.execute("PRAGMA table_info(index_log)")}
+        assert columns["xid"][3] == 1 and columns["xid"][4] == "0"  # NOT NULL DEFAULT 0
+        key = f"cache.{files[0].name}"
+        record = json.loads(
+            conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0]
+        )
+        record.pop("xmin")  # as a version before 0007 recorded it
+        conn.execute("UPDATE meta SET value = ? WHERE key = ?", (json.dumps(record), key))
+        conn.execute("DELETE FROM images WHERE id = (SELECT min(id) FROM images)")
+        assert conn.execute("SELECT xid FROM index_log").fetchall() == [(0,)]
+    status = cli_json(data, "status")
+    assert status["indexed"] == status["index_size"] == 1
+    assert sorted(data.glob("vectors.*.faiss")) == files  # the reader overlaid the old file
+
+
+def test_upgrade_to_hosts_keeps_every_row_the_librarys_own_with_its_ids_and_triggers(tmp_path):
+    """Revision 0008 rebuilds roots, images and queue on SQLite: the 0006 library's rows keep
+    their ids, belong to the library's one host (``""``), ids handed out are not handed out
+    again, the changes log's triggers fire, and a root's images still go with it."""
+    shutil.copytree(Path(__file__).parent / "data" / "library-0006", tmp_path / "old")
+    data = tmp_path / "old" / "data"
+    db = data / "imgindex.db"
+    query = "SELECT id, path, status, vector FROM images ORDER BY id"
+    with sqlite3.connect(db) as conn:
+        before = conn.execute(query).fetchall()
+        (seq,) = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'images'").fetchone()
+    assert cli_json(data, "status")["indexed"] == 12  # opening upgrades
+    with sqlite3.connect(db) as conn:
+        assert conn.execute(query).fetchall() == before
+        for table in ("roots", "images"):
+            assert conn.execute(f"SELECT DISTINCT host FROM {table}").fetchall() == [("",)]
+        assert conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'images'").fetchone() == (
+            seq,
+        )
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert not any("0008" in t for t in tables)
+        triggers = {
+            r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='trigger'")
+        }
+        assert triggers == {"images_log_insert", "images_log_update", "images_log_delete"}
+        logged = conn.execute("SELECT count(*) FROM index_log").fetchone()[0]
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("DELETE FROM roots")  # a root's images go with it, each logged
+        assert conn.execute("SELECT count(*) FROM images").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM index_log").fetchone()[0] == logged + 12
+        conn.execute("INSERT INTO roots (id, host, path, added_at) VALUES (1, '', '/', 0)")
+        conn.execute(
+            "INSERT INTO images (host, path, root_id, size, mtime_ns, status, updated_at)"
+            " VALUES ('', '/x.jpg', 1, 1, 1, 'failed', 0)"
+        )
+        assert conn.execute("SELECT max(id) FROM images").fetchone()[0] == seq + 1

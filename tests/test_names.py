@@ -22,6 +22,8 @@ from imgindex.ingest import Ingestor
 from imgindex.library import Library
 from imgindex.scan import is_candidate
 
+pytestmark = pytest.mark.usefixtures("backend")  # every test on SQLite and on PostgreSQL
+
 
 def jpeg(seed: int, family: str = "red") -> bytes:
     buf = io.BytesIO()

@@ -1,9 +1,10 @@
 """The storage layer (``imgindex.db``) on both backends: a SQLite file and a real PostgreSQL
 server (``tests/pg.py``), each built from empty by the same Alembic migrations.
 
-Not here yet (issue 11): the changes log under concurrent writers (a sequence value commits out
-of order across transactions), the CLI and daemon on PostgreSQL, the decode workers' plain
-connections (``engine.worker_connection``, SQLite only)."""
+The changes log under concurrent writers (a sequence value commits out of order across
+transactions) is tested in ``tests/test_changes_log.py``. Not here yet (issue 11): the CLI and
+daemon on PostgreSQL, the decode workers' plain connections (``engine.worker_connection``,
+SQLite only)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from sqlalchemy.exc import DatabaseError
 
 from imgindex import names
 from imgindex.db import changes, clusters, images, meta, migrate, queue, roots
+from imgindex.db.changes import LogPosition
 from imgindex.db.dialect import integrity_problems, last_autoincrement_id
 from imgindex.db.engine import make_engine, snapshot, worker_connection
 from imgindex.db.schema import STATUS_FAILED, STATUS_INDEXED, metadata
@@ -86,7 +88,7 @@ def test_migrations_go_down_and_up_again(engine):
     with engine.begin() as conn:
         rid = roots.add_root(conn, Path("/d"))
         images.insert_indexed(conn, _row("/d/a.jpg", rid), "m", _vec(0))
-        assert changes.log_head(conn) == 1
+        assert changes.log_head(conn).seq == 1
 
 
 def test_a_read_only_engine_reads_and_never_writes(engine):
@@ -131,22 +133,23 @@ def test_moves_and_deletes_keep_ids_and_write_the_changes_log(engine):
         a = images.insert_indexed(conn, _row("/p/old/a.jpg", rid), "m", _vec(1))
         b = images.insert_indexed(conn, _row("/p/b.jpg", rid), "m", _vec(2))
         head = changes.log_head(conn)
-        assert head == 2 and sorted(changes.logged_since(conn, 0)) == [a, b]
+        assert head.seq == 2 and sorted(changes.logged_since(conn, LogPosition(0))) == [a, b]
     with engine.begin() as conn:
         assert images.move_paths(conn, "/p/old", "/p/new", rid) == (1, [])
         images.update_file(conn, a, {"size": 5})  # not the vector: no log row
-        assert changes.log_head(conn) == head
+        assert changes.log_head(conn).seq == head.seq
         images.update_file(conn, a, {"vector": images.vector_to_blob(_vec(3))})
-        assert changes.log_head(conn) == head + 1
+        assert changes.log_head(conn).seq == head.seq + 1
         images.forget_vectors(conn, [b], "gone", retry_after=9.0)
         images.delete_images(conn, [a])
     with engine.begin() as conn:
         assert images.find_by_path(conn, "/p/new/a.jpg") is None
         assert images.due_for_retry(conn, now=10.0) == ["/p/b.jpg"]
         assert sorted(changes.logged_since(conn, head)) == [a, b]
-        assert changes.log_position(conn) == (5, 0)
-        changes.trim_log(conn, 3)
-        assert changes.log_position(conn) == (5, 3)
+        now, trimmed = changes.log_position(conn)
+        assert now.seq == 5 and trimmed == (0, 0)
+        changes.trim_log(conn, LogPosition(3, now.xmin), keep_s=0)
+        assert changes.log_position(conn)[1] == (3, now.xmin)
         assert last_autoincrement_id(conn, "images") == b
 
 

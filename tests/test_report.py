@@ -13,15 +13,13 @@ import os
 import re
 import select
 import shutil
-import sqlite3
 import subprocess
 import time
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import cli, cli_json
+from helpers import cli, cli_json, execute, query
 from imaging import make_photos
 from PIL import Image
 
@@ -298,9 +296,7 @@ def test_a_library_with_k_chosen_by_silhouette_plots_the_stored_scores(tmp_path)
     out = tmp_path / "r.html"
     cli(data, "report", "-o", out, "--thumbnails", "4")
     text = out.read_text(encoding="utf-8")
-    with closing(sqlite3.connect(data / "imgindex.db")) as db:
-        query = "SELECT value FROM meta WHERE key = 'cluster_auto_k'"
-        stored = json.loads(db.execute(query).fetchone()[0])
+    stored = json.loads(query(data, "SELECT value FROM meta WHERE key = 'cluster_auto_k'")[0][0])
     plotted = [int(k) for k in re.findall(r'<circle [^>]*data-k="(\d+)"', text)]
     assert plotted == sorted(int(k) for k in stored["silhouette"]) and len(plotted) >= 3
     assert f"k = {stored['k']} (chosen)" in text
@@ -318,9 +314,11 @@ def test_the_report_reads_the_scores_stored_by_the_clustering_not_its_own(tmp_pa
     cli(data, "init", photos, "--model", "thumbnail", "--k", "auto")
     cli(data, "index")
     stored = {"k": 3, "at": 12, "sample": 12, "silhouette": {"2": 0.123456, "3": 0.654321}}
-    with closing(sqlite3.connect(data / "imgindex.db")) as db, db:
-        query = "UPDATE meta SET value = ? WHERE key = 'cluster_auto_k'"
-        assert db.execute(query, (json.dumps(stored),)).rowcount == 1
+    execute(
+        data,
+        "UPDATE meta SET value = :v WHERE key = 'cluster_auto_k'",
+        [{"v": json.dumps(stored)}],
+    )
     out = tmp_path / "r.html"
     cli(data, "report", "-o", out)
     text = out.read_text(encoding="utf-8")

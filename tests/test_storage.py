@@ -53,7 +53,10 @@ def test_a_rescan_asks_the_queue_once_and_leaves_queued_files_to_their_events(tm
     waiting = str(files[3])
     with sqlite3.connect(data / "imgindex.db") as conn:
         now = time.time()
-        conn.execute("INSERT INTO queue VALUES (?, ?, ?)", (waiting, now + 3600, now))
+        conn.execute(
+            "INSERT INTO queue (host, path, due_at, enqueued_at) VALUES ('', ?, ?, ?)",
+            (waiting, now + 3600, now),
+        )
     daemon = Daemon(data)
     daemon.lib = Library.open(data, write=True, purpose="test")
     statements: list[str] = []

@@ -97,7 +97,9 @@ def test_load_catch_up_save_and_read_round_trip(data, engine):
     ((seq, _),) = index_files(data)
     assert seq == writer.index.seq > saved[0]
     with engine.connect() as conn:
-        assert len(changes.logged_since(conn, 0)) == 0  # the saved changes left the log
+        assert (
+            len(changes.logged_since(conn, changes.LogPosition(0))) == 0
+        )  # the saved changes left the log
     reader.catch_up()  # its file is gone: maps the new one
     got = reader.current()
     assert got.read_only and got.base_seq == seq and got.size == 570

@@ -6,27 +6,27 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
 from pathlib import Path
 
 import pytest
 from daemon_helpers import DaemonProcess, settled, wait_for
-from helpers import cli, cli_json
+from helpers import cli, cli_json, query
 from imaging import draw, make_photos
 
 from imgindex.views import MANIFEST, folder_name, numbered
+
+pytestmark = pytest.mark.usefixtures("backend")  # every test on SQLite and on PostgreSQL
 
 ODD_NAMES = ["café photo ü 写真.jpg", 'it\'s a "quoted" one.jpg', "-leading dash.jpg", "a\nb.jpg"]
 
 
 def members(data: Path) -> set[tuple[int, str]]:
     """(cluster id, path) of every clustered image, as the database has them."""
-    with sqlite3.connect(data / "imgindex.db") as conn:
-        rows = conn.execute(
-            "SELECT cluster_id, path FROM images "
-            "WHERE status = 'indexed' AND cluster_id IS NOT NULL"
-        )
-        return {(cid, path) for cid, path in rows}
+    rows = query(
+        data,
+        "SELECT cluster_id, path FROM images WHERE status = 'indexed' AND cluster_id IS NOT NULL",
+    )
+    return {(cid, path) for cid, path in rows}
 
 
 def entries(view: Path) -> dict[str, Path]:

@@ -12,7 +12,7 @@ from helpers import cli, cli_json, synthetic_row
 from imaging import make_photos
 from sqlalchemy import delete
 
-from imgindex.db.changes import log_position, logged_since
+from imgindex.db.changes import LogPosition, log_position, logged_since
 from imgindex.db.images import stack_blobs
 from imgindex.db.schema import images
 from imgindex.ingest import Ingestor
@@ -107,8 +107,8 @@ def test_reader_overlays_what_the_writer_has_not_saved(synthetic):
         writer.cache.save()
     ((seq, _),) = index_files(synthetic)
     with Library.open(synthetic) as lib, lib.engine.connect() as conn:
-        assert seq == log_position(conn)[0]
-        assert len(logged_since(conn, 0)) == 0  # the saved changes left the log
+        assert seq == log_position(conn)[0].seq
+        assert len(logged_since(conn, LogPosition(0))) == 0  # the saved changes left the log
         assert lib.cache.current().size == 920
 
 

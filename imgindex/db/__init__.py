@@ -15,6 +15,6 @@ they own) and catch ``DatabaseError``; they import those names from here.
 """
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DatabaseError
+from sqlalchemy.exc import DatabaseError, OperationalError
 
-__all__ = ["Connection", "DatabaseError", "Engine"]
+__all__ = ["Connection", "DatabaseError", "Engine", "OperationalError"]

@@ -91,9 +91,10 @@ def all_clusters(conn: Connection) -> list[Any]:
 
 
 def members(conn: Connection, cluster_id: int, limit: int | None = None) -> list[Any]:
-    """``(path, vector)`` of the (first ``limit``) indexed members of a cluster, by id."""
+    """``(host, path, vector)`` of the (first ``limit``) indexed members of a cluster, of every
+    host, by id."""
     q = (
-        select(images.c.path, images.c.vector)
+        select(images.c.host, images.c.path, images.c.vector)
         .where(images.c.cluster_id == cluster_id, images.c.status == STATUS_INDEXED)
         .order_by(images.c.id)
     )

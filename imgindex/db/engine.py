@@ -1,6 +1,6 @@
 """Engines for the library's table of record: a SQLite file (its pragmas, read-only opening) or
-a PostgreSQL server; one-snapshot reads, and the plain connections the decode workers use
-(SQLite only so far)."""
+a PostgreSQL server; one-snapshot reads, the plain connections the decode workers use, and what
+a lost server looks like (``is_disconnect``, ``DatabaseUnavailable``)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from sqlalchemy import Connection, Engine, create_engine, event, make_url
+from sqlalchemy import (
+    Connection,
+    Engine,
+    ExceptionContext,
+    create_engine,
+    event,
+    literal,
+    make_url,
+    select,
+)
+from sqlalchemy.exc import DBAPIError
 
-from imgindex.errors import ImgIndexError
+from imgindex.db.location import describe_url, shown
+from imgindex.errors import DatabaseUnavailable, ImgIndexError
 
 if TYPE_CHECKING:
     import psycopg
@@ -25,21 +36,86 @@ def is_url(db: Path | str) -> bool:
     return isinstance(db, str) and db.split(":", 1)[0].split("+", 1)[0] == "postgresql"
 
 
-def make_engine(db: Path | str, *, read_only: bool = False) -> Engine:
-    """Engine for ``db``: a path is a SQLite file, a ``postgresql://`` URL a server."""
+def make_engine(db: Path | str, *, read_only: bool = False, client: str = "imgindex") -> Engine:
+    """Engine for ``db``: a path is a SQLite file, a ``postgresql://`` URL a server, where
+    ``client`` names the sessions (``pg_stat_activity.application_name``: which host)."""
     if is_url(db):
-        return _postgresql_engine(str(db), read_only)
+        return _postgresql_engine(str(db), read_only, client)
     return _sqlite_engine(Path(db), read_only)
 
 
-def _postgresql_engine(url: str, read_only: bool) -> Engine:
+def _postgresql_engine(url: str, read_only: bool, client: str) -> Engine:
     """A PostgreSQL engine through psycopg 3 (``imgindex[postgres]``); a ``read_only`` one's
     transactions are read-only on the server."""
     scheme, rest = url.split("://", 1)
     if scheme == "postgresql":
         url = f"postgresql+psycopg://{rest}"
-    args = {"options": "-c default_transaction_read_only=on"} if read_only else {}
-    return create_engine(url, connect_args=args, pool_pre_ping=True)
+    args: dict[str, Any] = {"application_name": client[:63]}
+    if read_only:
+        args["options"] = "-c default_transaction_read_only=on"
+    engine = create_engine(url, connect_args=args, pool_pre_ping=True)
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context: ExceptionContext) -> BaseException | None:
+        """A lost server is one DatabaseUnavailable that names it, wherever it is met (a
+        pre-ping's is SQLAlchemy's own business: it reconnects)."""
+        if context.is_pre_ping:
+            return None
+        if context.is_disconnect or _lost(context.original_exception):
+            context.is_disconnect = True  # the pool drops the connection
+            return unavailable(url, context.original_exception)
+        return None
+
+    return engine
+
+
+#: SQLSTATEs of a server going away: shut down by an administrator, crashed, not ready yet.
+_LOST_STATES = ("57P01", "57P02", "57P03")
+#: Refusals at connect time (no SQLSTATE) that pass once the server is up (or less busy).
+_TRANSIENT_REFUSALS = ("the database system is", "too many clients", "too many connections")
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database server went away (down, restarting, the network cut)
+    rather than anything about the statement or the data: a pass stops at it instead of
+    blaming a file, and the daemon waits for the server. SQLite never goes away."""
+    if isinstance(exc, DatabaseUnavailable):
+        return True
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated or _lost(exc.orig)
+    return _lost(exc)
+
+
+def _lost(exc: BaseException | None) -> bool:
+    """A psycopg error of a connection that failed, broke or was closed by the server."""
+    try:
+        import psycopg
+    except ImportError:
+        return False
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = exc.sqlstate
+    if state is not None:
+        return state.startswith("08") or state in _LOST_STATES
+    text = str(exc)
+    if "FATAL:" in text:  # the server answered: a missing database or a wrong password stay
+        return any(refusal in text for refusal in _TRANSIENT_REFUSALS)
+    return True  # refused, no socket, closed unexpectedly, "the connection is closed"
+
+
+def unavailable(url: str, exc: BaseException) -> DatabaseUnavailable:
+    """The error a lost server ``url`` is to a user: it names the server (never a password)
+    and says what the connection said."""
+    orig = getattr(exc, "orig", None) or exc
+    first = (str(orig).strip().splitlines() or ["the connection was lost"])[0]
+    return DatabaseUnavailable(shown(describe_url(url)), first)
+
+
+def ping(engine: Engine) -> None:
+    """One round trip to the database: raises (DatabaseUnavailable for a lost server) unless
+    it answers."""
+    with engine.connect() as conn:
+        conn.execute(select(literal(1))).scalar()
 
 
 def _sqlite_engine(db_path: Path, read_only: bool) -> Engine:

@@ -1,5 +1,11 @@
 """The ``images`` table: one row per file seen, with its state (indexed, failed, pending), its
-vector as a float32 BLOB and its cluster. A row's id is never reused (it is the FAISS id)."""
+vector as a float32 BLOB and its cluster. A row's id is never reused (it is the FAISS id).
+
+Each row belongs to a host (revision 0008). What concerns files on disk works on the rows of the
+connection's host (``host.host_of``), which are the files this host can see: finding a row by
+its path, rows under a folder, moving paths, retries, the cluster view's files; rows are
+inserted for it. What concerns the library as a whole (searches, clusters, duplicates, counts,
+exports) reads every host's rows, each with its ``host``."""
 
 from __future__ import annotations
 
@@ -16,10 +22,17 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from imgindex import names
 from imgindex.db.engine import WorkerConnection
+from imgindex.db.host import host_of
 from imgindex.db.schema import STATUS_FAILED, STATUS_INDEXED, STATUS_PENDING, images
 
 _CHUNK = 900  # SQL parameters per statement, well under SQLite's limit
 c = images.c
+
+
+def _mine(conn: Connection) -> Any:
+    """The condition: a row of the connection's host."""
+    return c.host == host_of(conn)
+
 
 # --- vectors as BLOBs -------------------------------------------------------------------------
 
@@ -43,8 +56,8 @@ def stack_blobs(blobs: list[bytes], dim: int) -> np.ndarray:
 
 
 def find_by_path(conn: Connection, path: str) -> Any:
-    """The row at ``path`` (every column), or None."""
-    return conn.execute(select(images).where(c.path == path)).first()
+    """This host's row at ``path`` (every column), or None."""
+    return conn.execute(select(images).where(_mine(conn), c.path == path)).first()
 
 
 def find_by_id(conn: Connection, image_id: int) -> Any:
@@ -52,8 +65,9 @@ def find_by_id(conn: Connection, image_id: int) -> Any:
 
 
 def find_indexed_by_hash(conn: Connection, content_hash: str | None, model: str) -> Any:
-    """An indexed row of ``model`` with this content (what a copy of it can reuse), or None."""
-    q = select(c.id, c.path, c.vector, c.width, c.height, c.format, c.label, c.phash)
+    """An indexed row of ``model`` with this content (what a copy of it can reuse), or None;
+    of any host (its ``host`` says which)."""
+    q = select(c.id, c.host, c.path, c.vector, c.width, c.height, c.format, c.label, c.phash)
     q = q.where(c.content_hash == content_hash, c.status == STATUS_INDEXED, c.model == model)
     return conn.execute(q.limit(1)).first()
 
@@ -87,42 +101,44 @@ def rows_under(conn: Connection, root_id: int) -> dict[str, tuple[int, int, int,
 
 
 def paths_at_or_under(conn: Connection, path: str, limit: int | None = None) -> list[str]:
-    """Rows whose path is ``path`` or inside the folder ``path`` (the first ``limit``)."""
+    """This host's rows whose path is ``path`` or inside the folder ``path`` (the first
+    ``limit``)."""
     prefix = names.to_bytes(path.rstrip(os.sep) + os.sep)  # compared as bytes: see FsPath
     head = func.substr(cast(c.path, LargeBinary), 1, len(prefix))
-    q = select(c.path).where((c.path == path) | (head == prefix))
+    q = select(c.path).where(_mine(conn), (c.path == path) | (head == prefix))
     return list(conn.execute(q.limit(limit)).scalars())
 
 
 def not_indexed(conn: Connection) -> list[Any]:
-    """``(path, reason, status)`` of every failed or pending row, by path."""
-    q = select(c.path, c.reason, c.status).where(c.status != STATUS_INDEXED)
-    return list(conn.execute(q.order_by(c.path)).all())
+    """``(host, path, reason, status)`` of every failed or pending row, by host and path."""
+    q = select(c.host, c.path, c.reason, c.status).where(c.status != STATUS_INDEXED)
+    return list(conn.execute(q.order_by(c.host, c.path)).all())
 
 
 def all_files(conn: Connection) -> list[Any]:
-    """``(id, path, status, reason, cluster_id)`` of every row, by path."""
-    q = select(c.id, c.path, c.status, c.reason, c.cluster_id)
-    return list(conn.execute(q.order_by(c.path)).all())
+    """``(id, host, path, status, reason, cluster_id)`` of every row, by host and path."""
+    q = select(c.id, c.host, c.path, c.status, c.reason, c.cluster_id)
+    return list(conn.execute(q.order_by(c.host, c.path)).all())
 
 
 def indexed_files(conn: Connection) -> list[Any]:
-    """``(id, path, cluster_id)`` of every indexed row."""
-    q = select(c.id, c.path, c.cluster_id).where(c.status == STATUS_INDEXED)
+    """``(id, host, path, cluster_id)`` of every indexed row."""
+    q = select(c.id, c.host, c.path, c.cluster_id).where(c.status == STATUS_INDEXED)
     return list(conn.execute(q).all())
 
 
 def clustered_files(conn: Connection) -> list[Any]:
-    """``(path, cluster_id, size, mtime_ns)`` of every indexed row with a cluster, by cluster
-    and path."""
+    """``(path, cluster_id, size, mtime_ns)`` of this host's indexed rows with a cluster (the
+    files a cluster view on this host links to), by cluster and path."""
     q = select(c.path, c.cluster_id, c.size, c.mtime_ns)
-    q = q.where(c.status == STATUS_INDEXED, c.cluster_id.is_not(None))
+    q = q.where(_mine(conn), c.status == STATUS_INDEXED, c.cluster_id.is_not(None))
     return list(conn.execute(q.order_by(c.cluster_id, c.path)).all())
 
 
 def fingerprints(conn: Connection) -> list[Any]:
-    """``(id, path, content_hash, phash, width, height, size)`` of every indexed row, by id."""
-    q = select(c.id, c.path, c.content_hash, c.phash, c.width, c.height, c.size)
+    """``(id, host, path, content_hash, phash, width, height, size)`` of every indexed row, by
+    id."""
+    q = select(c.id, c.host, c.path, c.content_hash, c.phash, c.width, c.height, c.size)
     return list(conn.execute(q.where(c.status == STATUS_INDEXED).order_by(c.id)).all())
 
 
@@ -169,8 +185,8 @@ def vectors_for(conn: Connection, ids: Iterable[int], dim: int) -> tuple[np.ndar
 
 
 def indexed_by_ids(conn: Connection, ids: Sequence[int]) -> list[Any]:
-    """``(id, path, cluster_id, vector)`` of those of ``ids`` that are indexed."""
-    q = select(c.id, c.path, c.cluster_id, c.vector)
+    """``(id, host, path, cluster_id, vector)`` of those of ``ids`` that are indexed."""
+    q = select(c.id, c.host, c.path, c.cluster_id, c.vector)
     return list(conn.execute(q.where(c.id.in_(ids), c.status == STATUS_INDEXED)).all())
 
 
@@ -212,9 +228,9 @@ def cluster_assignments(conn: Connection) -> dict[int, int]:
 
 
 def insert_indexed(conn: Connection, row: dict[str, Any], model: str, vector: np.ndarray) -> int:
-    """Add an indexed row with ``vector`` of ``model``; returns its id."""
+    """Add an indexed row of this host with ``vector`` of ``model``; returns its id."""
     stmt = images.insert().values(
-        **row, status=STATUS_INDEXED, model=model, vector=vector_to_blob(vector)
+        **row, host=host_of(conn), status=STATUS_INDEXED, model=model, vector=vector_to_blob(vector)
     )
     key = conn.execute(stmt).inserted_primary_key
     assert key is not None
@@ -228,14 +244,18 @@ def insert_unindexed(
     reason: str | None,
     retry_after: float | None,
 ) -> None:
-    """Add a failed or pending row (``retry_after``: when a pending one is tried again)."""
-    stmt = images.insert().values(**row, status=status, reason=reason, retry_after=retry_after)
+    """Add a failed or pending row of this host (``retry_after``: when a pending one is tried
+    again)."""
+    stmt = images.insert().values(
+        **row, host=host_of(conn), status=status, reason=reason, retry_after=retry_after
+    )
     conn.execute(stmt)
 
 
 def update_file(conn: Connection, image_id: int, values: dict[str, Any]) -> None:
-    """Set the file's columns (path, size, times, ...) of a row, which keeps its vector."""
-    conn.execute(update(images).where(c.id == image_id).values(**values))
+    """Set the file's columns (path, size, times, ...) of a row of this host, which keeps its
+    vector (another host's row is left as it is: its file is not on this host's disks)."""
+    conn.execute(update(images).where(c.id == image_id, _mine(conn)).values(**values))
 
 
 def delete_images(conn: Connection, ids: Iterable[int]) -> int:
@@ -246,7 +266,8 @@ def delete_images(conn: Connection, ids: Iterable[int]) -> int:
 
 
 def move_paths(conn: Connection, src: str, dest: str, root_id: int) -> tuple[int, list[int]]:
-    """Rename the row at ``src``, or every row under folder ``src``, to live under ``dest``.
+    """Rename this host's row at ``src``, or every one under folder ``src``, to live under
+    ``dest`` (root ``root_id``, of this host).
 
     Ids and vectors do not change. A row already at a destination path is stale (the file there
     now is the one that moved) and is dropped. Returns ``(rows moved, indexed ids dropped)``.
@@ -263,7 +284,7 @@ def move_paths(conn: Connection, src: str, dest: str, root_id: int) -> tuple[int
             delete_images(conn, [clash.id])
         conn.execute(
             update(images)
-            .where(c.path == old)
+            .where(_mine(conn), c.path == old)
             .values(path=new, root_id=root_id, updated_at=time.time())
         )
         moved += 1
@@ -296,8 +317,8 @@ def forget_vectors(conn: Connection, ids: Sequence[int], reason: str, retry_afte
 
 
 def due_for_retry(conn: Connection, now: float, limit: int = 1000) -> list[str]:
-    """Paths of (the first ``limit``) pending rows whose retry time has come."""
-    q = select(c.path).where(c.status == STATUS_PENDING, c.retry_after <= now)
+    """Paths of (the first ``limit``) pending rows of this host whose retry time has come."""
+    q = select(c.path).where(_mine(conn), c.status == STATUS_PENDING, c.retry_after <= now)
     return list(conn.execute(q.limit(limit)).scalars())
 
 

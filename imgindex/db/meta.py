@@ -1,5 +1,8 @@
 """The ``meta`` table: library-wide settings and counters as key/value text, read and written
-only through the typed accessors below (one per key), so no key is spelt twice."""
+only through the typed accessors below (one per key), so no key is spelt twice.
+
+A few keys are a host's own (its mount points, its daemon's status): ``KEY@HOST`` for the
+connection's host (``host.host_of``), plain ``KEY`` for ``hosts.LOCAL``, as before hosts."""
 
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, select
 
-from imgindex.db.dialect import upsert
+from imgindex.db.dialect import increment, upsert
+from imgindex.db.host import host_of
 from imgindex.db.schema import meta
 
 # --- the keys ---------------------------------------------------------------------------------
@@ -27,6 +31,8 @@ _DAEMON_STATUS = "status.daemon"  # JSON: what the running daemon publishes for 
 _DAEMON_PREFIX = "daemon."  # daemon.<name>: the daemon's settings, as the user wrote them
 _CACHE_PREFIX = "cache."  # cache.<file name>: an index file's record (JSON)
 _LOG_TRIMMED = "index_log_trimmed"  # index_log rows up to this seq were deleted
+_LOG_TRIMMED_XMIN = "index_log_trimmed_xmin"  # PostgreSQL: ... and of transactions below this
+_LOG_TRIM_MARKS = "index_log_trim_marks"  # PostgreSQL: JSON [[time, seq, xmin], ...] saved
 _CLUSTER_N_STEPS = "cluster_n_steps"  # MiniBatchKMeans state
 _CLUSTER_SINCE_REASSIGN = "cluster_since_reassign"
 _CLUSTER_CONSOLIDATED_AT = "cluster_consolidated_at"  # library size at the last consolidation
@@ -49,9 +55,14 @@ def _int(conn: Connection, key: str, default: int = 0) -> int:
 
 
 def _add(conn: Connection, key: str, amount: int) -> int:
-    value = _int(conn, key) + amount
-    _set(conn, key, value)
-    return value
+    """Add to a counter in one statement: writers on several hosts never lose an addition."""
+    return increment(conn, meta, key, amount)
+
+
+def _own(conn: Connection, key: str) -> str:
+    """``key`` of the connection's host."""
+    host = host_of(conn)
+    return f"{key}@{host}" if host else key
 
 
 def _delete(conn: Connection, keys: Iterable[str]) -> None:
@@ -115,25 +126,25 @@ def add_embedded(conn: Connection, count: int) -> int:
 
 
 def mount_points(conn: Connection) -> list[str]:
-    """Sub-folders of roots that a walk found to be mount points."""
-    return json.loads(_get(conn, _MOUNT_POINTS) or "[]")
+    """Sub-folders of this host's roots that a walk found to be mount points."""
+    return json.loads(_get(conn, _own(conn, _MOUNT_POINTS)) or "[]")
 
 
 def set_mount_points(conn: Connection, points: Iterable[str]) -> None:
-    _set(conn, _MOUNT_POINTS, json.dumps(sorted(points)))
+    _set(conn, _own(conn, _MOUNT_POINTS), json.dumps(sorted(points)))
 
 
 # --- the daemon -------------------------------------------------------------------------------
 
 
 def daemon_status(conn: Connection) -> dict[str, Any]:
-    """What the daemon last published about itself (``{}``: never ran)."""
-    raw = _get(conn, _DAEMON_STATUS)
+    """What this host's daemon last published about itself (``{}``: never ran)."""
+    raw = _get(conn, _own(conn, _DAEMON_STATUS))
     return json.loads(raw) if raw else {}
 
 
 def publish_daemon_status(conn: Connection, info: dict[str, Any]) -> None:
-    _set(conn, _DAEMON_STATUS, json.dumps(info))
+    _set(conn, _own(conn, _DAEMON_STATUS), json.dumps(info))
 
 
 def daemon_settings(conn: Connection) -> dict[str, str]:
@@ -156,30 +167,67 @@ def set_daemon_setting(conn: Connection, name: str, raw: str) -> None:
 
 
 def cache_record(conn: Connection, file_name: str) -> str | None:
-    """The record (JSON) saved with index file ``file_name``, or None."""
-    return _get(conn, _CACHE_PREFIX + file_name)
+    """The record (JSON) saved with index file ``file_name`` of the connection's host (each
+    host keeps its own files in its own data dir), or None."""
+    return _get(conn, _own(conn, _CACHE_PREFIX + file_name))
 
 
 def set_cache_record(conn: Connection, file_name: str, record: str) -> None:
-    _set(conn, _CACHE_PREFIX + file_name, record)
+    _set(conn, _own(conn, _CACHE_PREFIX + file_name), record)
 
 
 def drop_cache_records_except(conn: Connection, file_name: str) -> None:
-    """Forget the records of every index file but ``file_name``."""
+    """Forget the records of every index file of the connection's host but ``file_name``
+    (other hosts' records are theirs)."""
+    host = host_of(conn)
+    key = meta.c.key
+    mine = key.endswith(f"@{host}", autoescape=True) if host else ~key.contains("@")
     conn.execute(
         delete(meta).where(
-            meta.c.key.like(_CACHE_PREFIX + "vectors.%"), meta.c.key != _CACHE_PREFIX + file_name
+            key.like(_CACHE_PREFIX + "vectors.%"),
+            mine,
+            key != _own(conn, _CACHE_PREFIX + file_name),
         )
     )
 
 
-def log_trimmed(conn: Connection) -> int:
-    """The ``index_log`` seq up to which rows were deleted."""
-    return _int(conn, _LOG_TRIMMED)
+def adopted_key(key: str, host: str) -> str:
+    """``key`` once ``adopt_host_keys(conn, host)`` ran: a per-host key of the library's only
+    host (no ``@``) becomes ``host``'s; any other key stays."""
+    per_host = key in (_MOUNT_POINTS, _DAEMON_STATUS) or key.startswith(_CACHE_PREFIX + "vectors.")
+    return f"{key}@{host}" if per_host and "@" not in key else key
 
 
-def set_log_trimmed(conn: Connection, seq: int) -> None:
+def adopt_host_keys(conn: Connection, host: str) -> None:
+    """Make the per-host keys of the library's only host (a SQLite library's) ``host``'s:
+    what a library copied into a shared database does for the host copying it."""
+    for key in list(conn.execute(select(meta.c.key)).scalars()):
+        if (new := adopted_key(key, host)) != key:
+            conn.execute(meta.update().where(meta.c.key == key).values(key=new))
+
+
+def log_trimmed(conn: Connection) -> tuple[int, int]:
+    """``(seq, xmin)``: ``index_log`` rows up to ``seq`` were deleted (on PostgreSQL only
+    those of transactions whose id is below ``xmin``; SQLite's is 0)."""
+    return _int(conn, _LOG_TRIMMED), _int(conn, _LOG_TRIMMED_XMIN)
+
+
+def set_log_trimmed(conn: Connection, seq: int, xmin: int = 0) -> None:
     _set(conn, _LOG_TRIMMED, seq)
+    if xmin:
+        _set(conn, _LOG_TRIMMED_XMIN, xmin)
+
+
+def log_trim_marks(conn: Connection) -> list[tuple[float, int, int]]:
+    """``(server time, seq, xmin)`` of the log positions saved files reflected, oldest first:
+    the log is trimmed up to one of them once it is old enough (PostgreSQL)."""
+    return [
+        (float(t), int(s), int(x)) for t, s, x in json.loads(_get(conn, _LOG_TRIM_MARKS) or "[]")
+    ]
+
+
+def set_log_trim_marks(conn: Connection, marks: Iterable[tuple[float, int, int]]) -> None:
+    _set(conn, _LOG_TRIM_MARKS, json.dumps([list(m) for m in marks]))
 
 
 # --- clustering -------------------------------------------------------------------------------

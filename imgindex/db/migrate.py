@@ -13,7 +13,7 @@ import logging
 import sqlite3
 from pathlib import Path
 
-from sqlalchemy import Engine, column, func, inspect, make_url, select, table
+from sqlalchemy import Connection, Engine, column, func, inspect, make_url, select, table
 
 from imgindex import fsafe
 from imgindex.errors import ImgIndexError, LibraryNotFound, SchemaTooNew
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 _alembic_version = table("alembic_version", column("version_num"))
 
 #: The newest revision this code knows; ``tests/test_migrations.py`` checks it is Alembic's head.
-SCHEMA_HEAD = "0006"
+SCHEMA_HEAD = "0008"
 
 
 def migrations_dir() -> Path:
@@ -37,9 +37,14 @@ def migrations_dir() -> Path:
 def current_revision(engine: Engine) -> str | None:
     """The revision recorded in the database, or None for an empty database."""
     with engine.connect() as conn:
-        if not inspect(conn).has_table("alembic_version"):
-            return None
-        return conn.execute(select(_alembic_version.c.version_num)).scalar()
+        return revision_of(conn)
+
+
+def revision_of(conn: Connection) -> str | None:
+    """``current_revision`` on an open connection (inside the caller's transaction)."""
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    return conn.execute(select(_alembic_version.c.version_num)).scalar()
 
 
 def known_revisions() -> set[str]:
@@ -62,9 +67,6 @@ def upgrade(engine: Engine, db_path: Path | None, target: str = "head") -> None:
     """Upgrade the database to ``target``, backing a SQLite file (at ``db_path``) up first
     when it holds data. A PostgreSQL server runs the whole upgrade in one transaction (its DDL
     is transactional): a failed upgrade leaves nothing changed, so no copy is made."""
-    from alembic import command
-    from alembic.config import Config
-
     rev = current_revision(engine)
     if (
         rev is not None
@@ -73,11 +75,20 @@ def upgrade(engine: Engine, db_path: Path | None, target: str = "head") -> None:
         and engine.dialect.name == "sqlite"
     ):
         log.info("backed up the database to %s before migrating", backup(db_path, rev))
+    with engine.begin() as conn:
+        upgrade_on(conn, target)
+
+
+def upgrade_on(conn: Connection, target: str = "head") -> None:
+    """Run the migrations up to ``target`` on ``conn``, inside the caller's transaction (on
+    PostgreSQL, whose DDL is transactional, a rollback undoes them too)."""
+    from alembic import command
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, target)
+    cfg.attributes["connection"] = conn
+    command.upgrade(cfg, target)
 
 
 def ensure_schema(
@@ -120,7 +131,8 @@ def no_library(db: Path | str) -> LibraryNotFound:
     where = db if isinstance(db, Path) else shown(db)
     return LibraryNotFound(
         f"{where} holds no imgindex library (it is empty, or another program's); "
-        "create one with `imgindex init DIR...` (or point --data-dir at an existing one)"
+        "create one with `imgindex index DIR...` or `imgindex init DIR...` (or point "
+        "--data-dir at an existing one)"
     )
 
 

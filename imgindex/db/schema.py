@@ -14,9 +14,11 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     Table,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 
 from imgindex import names
@@ -69,22 +71,28 @@ meta = Table(
     Column("value", Text, nullable=False),
 )
 
-#: Folders the library watches and indexes.
+#: Folders the library watches and indexes, each on its host (revision 0008): the host whose
+#: data directory indexes it; ``""`` for a library that only one machine uses (``imgindex.hosts``).
+#: The same path may be a root of two hosts.
 roots = Table(
     "roots",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("path", FsPath, nullable=False, unique=True),
+    Column("host", Text, nullable=False),
+    Column("path", FsPath, nullable=False),
     Column("added_at", Float, nullable=False),
+    UniqueConstraint("host", "path", name="uq_roots_host_path"),
 )
 
 #: One row per file seen. ``id`` is never reused (AUTOINCREMENT): it is the FAISS id, and a file
 #: whose content changes gets a new row, so a stale FAISS entry can never alias a new vector.
+#: ``host``: its root's host (revision 0008).
 images = Table(
     "images",
     metadata,
     Column("id", Int64, primary_key=True, autoincrement=True),
-    Column("path", FsPath, nullable=False, unique=True),
+    Column("host", Text, nullable=False),
+    Column("path", FsPath, nullable=False),
     Column("root_id", Integer, ForeignKey("roots.id", ondelete="CASCADE"), nullable=False),
     Column("size", Int64, nullable=False),
     Column("mtime_ns", Int64, nullable=False),
@@ -102,6 +110,7 @@ images = Table(
     Column("label", Integer),  # ImageNet top-1 class index, when the model has a head (0005)
     Column("phash", Int64),  # 64-bit perceptual (DCT) hash as a signed integer (0005)
     Column("ctime_ns", Int64),  # inode change time: a failed file is retried on a chmod (0006)
+    UniqueConstraint("host", "path", name="uq_images_host_path"),
     sqlite_autoincrement=True,
 )
 Index("ix_images_content_hash", images.c.content_hash)
@@ -129,23 +138,29 @@ cluster_labels = Table(
     Column("name", Text),
 )
 
-#: Paths the daemon's watcher saw change, processed once ``due_at`` passes (revision 0003).
+#: Paths the daemon's watcher saw change, processed once ``due_at`` passes (revision 0003);
+#: each host's daemon processes its own (revision 0008).
 queue = Table(
     "queue",
     metadata,
-    Column("path", FsPath, primary_key=True),
+    Column("host", Text, nullable=False),
+    Column("path", FsPath, nullable=False),
     Column("due_at", Float, nullable=False),
     Column("enqueued_at", Float, nullable=False),
+    PrimaryKeyConstraint("host", "path", name="queue_pkey"),
 )
 Index("ix_queue_due_at", queue.c.due_at)
 
 #: Changes to the set of indexed vectors, appended by triggers on ``images`` (revision 0004);
-#: a FAISS file reflects the log up to some ``seq`` and is caught up from the rows after it.
+#: a FAISS file reflects the log up to some position and is caught up from the rows after it
+#: (``db.changes``). ``xid`` (revision 0007): the writing transaction's id on PostgreSQL
+#: (default ``pg_current_xact_id()``), where rows commit out of ``seq`` order; 0 on SQLite.
 index_log = Table(
     "index_log",
     metadata,
     Column("seq", Int64, primary_key=True, autoincrement=True),
     Column("image_id", Int64, nullable=False),
+    Column("xid", Int64, nullable=False),
     sqlite_autoincrement=True,
 )
 
