@@ -124,7 +124,7 @@ def _main(
     ] = False,
 ) -> None:
     ctx.obj = {"data_dir": resolve_data_dir(data_dir), "database": database, "verbose": verbose}
-    if ctx.invoked_subcommand == "daemon":
+    if ctx.invoked_subcommand in ("daemon", "embed-server"):
         from imgindex import logs
 
         logs.setup(verbose)
@@ -304,8 +304,30 @@ def index(
     if folders:
         _create_if_missing(ctx, folders)
     with _open(ctx, write=True, purpose="imgindex index") as lib:
-        report = _run_pass(lib, folders, batch_size, workers, max_pixels, weights)
+        embedder = _chosen_embedder(lib, weights)
+        report = _run_pass(lib, folders, batch_size, workers, max_pixels, weights, embedder)
     _summary(report, as_json)
+
+
+def _chosen_embedder(lib: Any, weights: Path | None) -> Any:
+    """The embedding service of ``embed_url`` with its fallback (asked once first: a service
+    that refuses this library fails here), or None: the Ingestor loads the local model."""
+    from imgindex import settings
+    from imgindex.embedclient import choose
+    from imgindex.models import get_spec, load_embedder
+
+    s = settings.load(lib.engine)
+    if not s.embed_url:
+        return None
+    chosen = choose(
+        get_spec(lib.model),
+        lambda: load_embedder(lib.model, weights=weights, cache_dir=lib.paths.weights),
+        url=s.embed_url,
+        token_file=s.embed_token_file,
+        fallback=s.embed_fallback,
+    )
+    chosen.check()
+    return chosen
 
 
 def _create_if_missing(ctx: typer.Context, roots: list[Path]) -> None:
@@ -549,13 +571,29 @@ def status(
         for key, value in data.items():
             if key == "daemon":
                 problem = value.get("problem")
+                embedder = _embedding(value.get("embedder"))
                 value = value["state"] + (f" (pid {value['pid']})" if value["pid"] else "")
                 value += f"; {problem}" if problem else ""
+                value += embedder
             if key == "database":
                 value = shown_database(value)
             if key == "roots":
                 value = ", ".join(names.shown(r["path"]) + _root_note(r) for r in value)
             typer.echo(f"{key:>14}: {value}")
+
+
+def _embedding(info: dict[str, Any] | None) -> str:
+    """``; embedding: ...`` for the daemon's line of ``status``: which embedder is in use, and
+    how many images wait for the service."""
+    if not info or "url" not in info:
+        return ""
+    url, using = info["url"], info.get("using")
+    if using == "service":
+        return f"; embedding: service {url}"
+    why = f" ({info['problem']})" if info.get("problem") else ""
+    if using == "waiting":
+        return f"; embedding: waiting for {url}{why}, {info.get('waiting', 0)} images held"
+    return f"; embedding: local, {url} unavailable{why}"
 
 
 def _root_note(root: dict[str, Any]) -> str:
@@ -657,6 +695,55 @@ def daemon(
         batch_seconds=batch_seconds,
     )
     raise typer.Exit(d.run())
+
+
+@app.command("embed-server")
+def embed_server(
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; any but loopback needs a token.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0: any free one).")] = 8765,
+    model: Annotated[
+        str | None, typer.Option(help="The libraries' model [default: efficientnet_lite0].")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cuda or cpu [default: cuda if any].")] = None,
+    weights: WeightsOpt = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(help="File holding the shared token [default: $IMGINDEX_EMBED_TOKEN]."),
+    ] = None,
+    max_batch: Annotated[int, typer.Option(min=1, max=256, help="Images per request.")] = 256,
+) -> None:
+    """Embed for libraries on other machines (a NAS): serve this machine's model over HTTP.
+    Clients set `imgindex config embed_url http://THIS-HOST:PORT`."""
+    try:
+        from imgindex import embedserver
+    except ImportError as exc:
+        raise ImgIndexError(
+            f"the embedding service needs FastAPI and uvicorn ({exc.name} is missing): "
+            "pip install 'imgindex[embed]'"
+        ) from None
+    from imgindex.embedclient import read_token
+    from imgindex.models import DEFAULT_MODEL, get_spec, load_embedder
+
+    token = read_token(token_file)
+    embedserver.check_token(host, token)  # before minutes of loading a model
+    spec = get_spec(model or DEFAULT_MODEL)
+    embedder = load_embedder(spec.name, weights=weights, device=device)
+    embedserver.serve(
+        embedder,
+        host,
+        port,
+        token=token,
+        max_batch=max_batch,
+        on_ready=lambda url: logging.getLogger("imgindex.embedserver").info(
+            "embedding with %s on %s; listening on %s%s",
+            spec.name,
+            embedder.device,
+            url,
+            " (token required)" if token else "",
+        ),
+    )
 
 
 @app.command()

@@ -29,11 +29,12 @@ from imgindex import settings
 from imgindex.db import changes, images, meta, queue
 from imgindex.db.engine import is_disconnect, ping
 from imgindex.db.roots import root_paths
+from imgindex.embedclient import RETRY_S, ChosenEmbedder, Hooks, ServiceRefused, choose
 from imgindex.errors import DatabaseUnavailable, ImgIndexError
 from imgindex.fsafe import root_available, root_of
 from imgindex.ingest import CHECKPOINT_S, Ingestor
 from imgindex.library import Library
-from imgindex.models import Embedder, load_embedder
+from imgindex.models import get_spec, load_embedder
 from imgindex.names import shown
 from imgindex.notify import Notifier
 from imgindex.scan import is_ignored
@@ -58,6 +59,7 @@ class Timings:
     settled_age: float = 2.0  # a modified file with an older mtime is not being written
     checkpoint: float = CHECKPOINT_S  # the FAISS file is saved at least this often while busy
     rescan_jitter: float = 0.1  # rescans come every rescan_interval, +- this fraction
+    embed_retry: float = RETRY_S  # an embedding service that is down is asked again this often
     db_retry: float = 1.0  # a lost database server is tried again after this, then doubling
     db_retry_max: float = 30.0  # ... up to this
 
@@ -121,7 +123,7 @@ class Daemon:
         self._maintained_head: changes.LogPosition | None = None
         self._cut_short = False  # the ingestor stopped a pass early (SIGTERM)
         self._config_version = 0
-        self.embedder: Embedder | None = None  # the one model, loaded after READY
+        self.embedder: ChosenEmbedder | None = None  # the one model, loaded after READY
         self.service: QueryService | None = None
         self.view = ViewKeeper()  # the cluster view in settings.view_dir, when set
 
@@ -145,6 +147,7 @@ class Daemon:
             self.notifier.ready(self._status_line())
             log.info("ready: %s", self._status_line())
             self._load_model()
+            self._publish()  # which embedder is in use
             self._start_service()
             self._survive(self.rescan)
             while not self.stop_requested:
@@ -163,20 +166,62 @@ class Daemon:
         return 0
 
     def _load_model(self) -> None:
-        """Load the library's model once; the ingest loop (a new Ingestor) and the query
-        service share it.
+        """Load the library's model once, or connect to the embedding service of
+        ``embed_url``; the ingest loop (a new Ingestor) and the query service share it.
 
         After READY (a download may take minutes). On failure no query service is offered and
         the ingest loop tries again with each batch, as ``imgindex index`` does (the files
         fail with the reason)."""
         try:
-            self.embedder = load_embedder(
-                self.lib.model, weights=self.weights, cache_dir=self.lib.paths.weights
-            )
+            embedder = self._choose_embedder()
+            if embedder.remote is None:
+                embedder.local()  # loaded now (torch is imported only when it is used)
+            else:
+                embedder.check()
+        except ServiceRefused as exc:  # another model, a wrong token: waits for a fix
+            log.error("%s", exc)
         except Exception as exc:  # never take the daemon down
             log.warning("similar-photo queries are not served by the daemon: %s", exc)
             return
+        self.embedder = embedder
         self.ingestor = self._new_ingestor()
+
+    def _choose_embedder(self) -> ChosenEmbedder:
+        """The embedder the settings ask for (``embed_url``, ``embed_fallback``)."""
+        return choose(
+            get_spec(self.lib.model),
+            lambda: load_embedder(
+                self.lib.model, weights=self.weights, cache_dir=self.lib.paths.weights
+            ),
+            url=self.settings.embed_url,
+            token_file=self.settings.embed_token_file,
+            fallback=self.settings.embed_fallback,
+            retry_s=self.timings.embed_retry,
+            hooks=Hooks(
+                interrupt=self._stop_waiting, heartbeat=self._heartbeat, on_change=self._changed
+            ),
+        )
+
+    def _stop_waiting(self) -> bool:
+        """Whether to stop waiting for the embedding service: stopping, or the settings
+        changed (the fallback may be ``local`` now)."""
+        if not self.reload_requested:
+            try:
+                with self.lib.engine.connect() as conn:
+                    self.reload_requested = meta.config_version(conn) != self._config_version
+            except Exception as exc:  # the database is lost: the loop meets that itself
+                log.debug("cannot read the settings' version: %s", exc)
+                return True
+        return self.stop_requested or self.reload_requested
+
+    def _changed(self) -> None:
+        """The embedder in use changed: `status` says so now (from the loop's thread; the
+        query thread's changes are published by the next housekeeping round)."""
+        if threading.current_thread() is threading.main_thread():
+            try:
+                self._publish()
+            except Exception as exc:  # never fail the batch in hand over a status line
+                log.debug("cannot publish the status: %s", exc)
 
     def _start_service(self) -> None:
         """Answer `imgindex similar` for photos outside the library (optional: on failure the
@@ -204,6 +249,12 @@ class Daemon:
 
     def _reload(self) -> None:
         self.settings = settings.load(self.lib.engine, **self.overrides)
+        if self.embedder is not None:  # embed_url, embed_fallback may have changed
+            try:
+                fresh = self._choose_embedder()
+                self.embedder.use(fresh.remote, fresh.fallback)
+            except ImgIndexError as exc:  # a token file that cannot be read
+                log.error("the embedding settings cannot be used: %s", exc)
         with self.lib.engine.connect() as conn:
             self._config_version = meta.config_version(conn)
             self.roots = root_paths(conn)
@@ -325,6 +376,8 @@ class Daemon:
         self._dirty = False
         self._last_drain = time.monotonic()
         self._schedule_rescan()
+        if self.ingestor.postponed:  # the embedding service is awaited: the rest soon
+            self._next_rescan = time.monotonic()
         self._update_view()
         log.info(
             "scan %s: %d embedded, %d moved, %d removed, %d failed, %d unchanged",
@@ -439,6 +492,9 @@ class Daemon:
             return False  # more are coming: wait up to batch_seconds to fill the batch
         self._set_state("indexing")
         self._refresh([r.path for r in rows])
+        if self.ingestor.postponed:  # the embedding service is awaited: the rows stay queued
+            self._set_state("watching")
+            return False
         with self.lib.engine.begin() as conn:
             queue.done(conn, rows)
         self._dirty = True
@@ -602,6 +658,7 @@ class Daemon:
             "state": "stopped" if final else self.state,
             "heartbeat": time.time(),
             "problem": str(self.lib.cache.disk_full) if self.lib.cache.disk_full else None,
+            "embedder": self.embedder.describe() if self.embedder else {"using": "local"},
             "roots": {
                 str(r): m
                 for r, m in (getattr(self, "watcher", None) and self.watcher.modes.items()) or []

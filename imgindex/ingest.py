@@ -33,7 +33,7 @@ from imgindex.decode import DEFAULT_MAX_PIXELS, decode_for_model
 from imgindex.errors import DatabaseUnavailable, DecodeFailure, NotInLibrary
 from imgindex.fsafe import is_under, root_available, root_of
 from imgindex.library import Library
-from imgindex.models import Embedder, get_spec
+from imgindex.models import Embedder, EmbeddingPostponed, get_spec
 from imgindex.scan import FileStat, Unseen, is_candidate, vanished, walk
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,9 @@ class Ingestor:
         self.checkpoint_s = checkpoint_s
         self._saved_at = time.monotonic()
         self.report = Report()
+        #: the embedder postponed a batch (it waits for a remote service): the pass stopped
+        #: there, nothing of that batch committed; the caller tries again later
+        self.postponed = False
         self._dropped: dict[str, Any] = {}  # content hash -> row dropped in this batch
         self._local = threading.local()
         self._connections: list[WorkerConnection] = []
@@ -126,13 +129,14 @@ class Ingestor:
         embedded, vanished ones removed, then clusters and the index are brought up to date.
         ``on_start`` is told how many files need work once the folders are walked."""
         start = time.monotonic()
+        self.postponed = False
         self.lib.cache.load()  # the FAISS index loaded and caught up before changing it
         plans = [self._scan(root_id, folder) for root_id, folder in self._targets(folders)]
         if on_start:
             on_start(sum(len(todo) for todo, _ in plans))
         for todo, missing in plans:
             self.ingest(todo)
-            if self.should_stop():
+            if self.should_stop() or self.postponed:
                 break
             self.remove_missing(missing)
         self.drain()
@@ -246,7 +250,7 @@ class Ingestor:
                     if decoded >= self.batch_size or len(pending) >= 8 * self.batch_size:
                         self._flush(pending)
                         pending = []
-                        if self.should_stop():  # what is left is found again by the next pass
+                        if self.should_stop() or self.postponed:  # found again by the next pass
                             results.close()
                             return
                 self._flush(pending)
@@ -352,6 +356,8 @@ class Ingestor:
             return
         try:
             self._embed_all(batch)
+        except EmbeddingPostponed:
+            raise
         except Exception as exc:
             if len(batch) == 1:
                 log.warning("model failed on %s: %s", names.shown(batch[0].fs.path), exc)
@@ -388,8 +394,15 @@ class Ingestor:
     def _flush(self, batch: list[Prepared]) -> None:
         if not batch:
             return
+        if self.postponed:
+            return
         self.lib.cache.load()  # caught up *before* this batch commits
-        self._embed([p for p in batch if p.kind == "decoded"])
+        try:
+            self._embed([p for p in batch if p.kind == "decoded"])
+        except EmbeddingPostponed as exc:
+            log.info("%d files left for later: %s", len(batch), exc)
+            self.postponed = True
+            return
         self._commit_isolated(batch)
         self.lib.cache.catch_up()
         if self.progress:
@@ -579,8 +592,9 @@ class Ingestor:
             else:
                 log.warning("%s cannot be looked at: its rows are kept", path)
         unique = {fs.path: (rid, fs) for rid, fs in todo}  # a file and its folder both listed
+        self.postponed = False
         self.ingest(unique.values())
-        if not self.should_stop():
+        if not self.should_stop() and not self.postponed:
             self.remove_missing(missing)
 
     def _changed(self, root_id: int, path: str) -> list[tuple[int, FileStat]]:

@@ -387,6 +387,7 @@ class Library:
             "heartbeat": info.get("heartbeat"),
             "roots": info.get("roots", {}) if running else {},
             "problem": info.get("problem") if running else None,
+            "embedder": info.get("embedder") if running else None,  # which, and how many wait
             "writer": holder,
         }
 

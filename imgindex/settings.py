@@ -35,6 +35,9 @@ class DaemonSettings:
     ignore: tuple[str, ...] = field(default_factory=tuple)  # extra glob patterns (names)
     view_dir: str = ""  # absolute path: a folder per cluster kept current there ("": off)
     view_mode: str = "symlink"  # symlink | copy
+    embed_url: str = ""  # http://HOST:PORT of an `imgindex embed-server` ("": the local model)
+    embed_token_file: str = ""  # absolute path of the service's token ("": $IMGINDEX_EMBED_TOKEN)
+    embed_fallback: str = "local"  # local | wait: while the service is unreachable
 
     def ignores(self, name: str) -> bool:
         return any(fnmatch.fnmatch(name, pattern) for pattern in self.ignore)
@@ -53,6 +56,7 @@ RANGES: dict[str, tuple[type, float, float]] = {
     "poll": (float, 0.1, 86400.0),  # or 0: inotify where it works
 }
 VIEW_MODES = ("symlink", "copy")
+EMBED_FALLBACKS = ("local", "wait")
 
 
 def parse(name: str, raw: str, roots: Sequence[Path] = ()) -> Any:
@@ -83,6 +87,16 @@ def check(name: str, value: Any, roots: Sequence[Path] = ()) -> Any:
         return tuple(value)
     if name == "view_dir":
         return _check_view_dir(value, roots)
+    if name == "embed_url":
+        return _check_embed_url(value)
+    if name == "embed_token_file":
+        if value and not value.startswith("/"):
+            raise ImgIndexError(f"embed_token_file {value!r}: expected an absolute path, or ''")
+        return value
+    if name == "embed_fallback":
+        if value not in EMBED_FALLBACKS:
+            raise ImgIndexError(f"embed_fallback {value!r}: expected local or wait")
+        return value
     if value not in VIEW_MODES:
         raise ImgIndexError(f"view_mode {value!r}: expected symlink or copy")
     return value
@@ -143,6 +157,24 @@ def _check_view_dir(value: str, roots: Sequence[Path]) -> str:
         check_place(Path(value), list(roots))  # a view inside a root would be indexed itself
     except ImgIndexError as exc:
         raise ImgIndexError(f"view_dir {exc}") from None
+    return value
+
+
+def _check_embed_url(value: str) -> str:
+    """ "" or ``http(s)://HOST[:PORT][/PATH]``."""
+    import urllib.parse
+
+    value = value.strip()
+    if not value:
+        return ""
+    expected = f"embed_url {value!r}: expected http://HOST:PORT of an embedding service, or ''"
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError:
+        raise ImgIndexError(expected) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+        raise ImgIndexError(expected)
     return value
 
 

@@ -5,11 +5,12 @@ The layers follow the data flow, bottom to top:
 0. foundations: errors, data-dir paths, file names, file safety, logging, sd_notify;
 1. storage: the database (``imgindex.db``, the only SQL) and the library's write lock;
 2. files, pixels and vectors without a library: disks, walking roots, decoding, perceptual
-   hashes, the models, k-means, FAISS files;
+   hashes, the models and the embedding service's client and wire format, k-means, FAISS files;
 3. the library: opening one, its FAISS cache, its reads;
 4. work over one library, a command's each: clusters and their views, ingesting, duplicates,
    the map, export, the report, check, similar-photo queries and their socket client;
-5. the daemon's parts: the query server, the file watcher, the daemon's settings;
+5. the daemon's parts: the query server, the file watcher, the daemon's settings, the
+   embedding service;
 6. the daemon; 7. the CLI; 8. ``python -m imgindex``.
 
 A module may import from its own layer or any below it. Imports inside functions count (they
@@ -62,6 +63,8 @@ LAYERS: list[tuple[str, list[str]]] = [
             "imgindex.models.*",
             "imgindex.cluster",
             "imgindex.vindex",
+            "imgindex.embedwire",
+            "imgindex.embedclient",
         ],
     ),
     ("library", ["imgindex.library", "imgindex.cache"]),
@@ -81,7 +84,10 @@ LAYERS: list[tuple[str, list[str]]] = [
             "imgindex.query",
         ],
     ),
-    ("daemon parts", ["imgindex.service", "imgindex.watch", "imgindex.settings"]),
+    (
+        "daemon parts",
+        ["imgindex.service", "imgindex.watch", "imgindex.settings", "imgindex.embedserver"],
+    ),
     ("daemon", ["imgindex.daemon"]),
     ("cli", ["imgindex.cli"]),
     ("entry point", ["imgindex.__main__"]),

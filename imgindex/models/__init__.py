@@ -11,11 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from imgindex.errors import UnknownModel
-from imgindex.models.spec import Embedder, ModelSpec
+from imgindex.models.spec import Embedder, EmbeddingPostponed, ModelSpec
 
 __all__ = [
     "DEFAULT_MODEL",
     "Embedder",
+    "EmbeddingPostponed",
     "ModelSpec",
     "available_models",
     "get_spec",

@@ -32,3 +32,8 @@ class Embedder(Protocol):
     def classify(self, pixels: np.ndarray) -> np.ndarray:
         """float32 (N, 1000) ImageNet logits from the model's classifier head."""
         ...
+
+
+class EmbeddingPostponed(Exception):
+    """An embedder has no vectors for this batch now (it stopped waiting for a remote service
+    that is down): the caller commits nothing of the batch and tries it again later."""
