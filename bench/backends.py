@@ -333,8 +333,11 @@ def writers_once(server: Server, tmp: Path, roots: list[Path], mode: str) -> dic
     with ``thumbnail``, in ``mode``."""
     url = server.create_database()
     hosts = {"a": tmp / "a", "b": tmp / "b"}
-    for data, root in zip(hosts.values(), roots, strict=True):
-        imgindex(data, "--database", url, "init", root, "--model", "thumbnail", "--k", "20")
+    for (host, data), root in zip(hosts.items(), roots, strict=True):  # each its own root
+        env = {"IMGINDEX_HOST": host}
+        imgindex(
+            data, "--database", url, "init", root, "--model", "thumbnail", "--k", "20", env=env
+        )
     busy, pg, start = machine_busy(), server.cpu_seconds(), time.perf_counter()
     procs: list[subprocess.Popen] = []
     clients, reports = 0.0, []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -12,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from daemon_helpers import DaemonProcess, settled, status, wait_for
-from helpers import cli, cli_json, row_count, run_process
+from helpers import cli, cli_json, query, row_count, run_process
 from imaging import draw, make_photos
 
 from imgindex.vindex import VectorIndex
 
-pytestmark = pytest.mark.daemon
+pytestmark = [pytest.mark.daemon, pytest.mark.usefixtures("backend")]  # on both backends
 
 
 @pytest.fixture()
@@ -29,8 +28,7 @@ def lib(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def faiss_matches_sqlite(data: Path) -> None:
-    with sqlite3.connect(data / "imgindex.db") as conn:
-        want = sorted(r[0] for r in conn.execute("SELECT id FROM images WHERE status='indexed'"))
+    want = sorted(r[0] for r in query(data, "SELECT id FROM images WHERE status='indexed'"))
     have = VectorIndex.open_latest(data, 192, mmap=True).ids().tolist()
     assert sorted(have) == want and len(set(have)) == len(have)
 
@@ -103,11 +101,8 @@ def test_a_file_written_in_chunks_over_5_s_is_embedded_once_complete(lib, tmp_pa
         d.wait_rounds(2)  # nothing else happens afterwards
         s = status(data)
         assert s["embedded_total"] == 5 and s["failed"] == 0
-        with sqlite3.connect(data / "imgindex.db") as conn:
-            size = conn.execute(
-                "SELECT size FROM images WHERE path = ?", (str(target.resolve()),)
-            ).fetchone()[0]
-        assert size == len(payload)
+        sizes = dict(query(data, "SELECT path, size FROM images"))
+        assert sizes[str(target.resolve())] == len(payload)
 
 
 def test_moved_folder_is_followed_without_embedding(lib):
@@ -130,8 +125,7 @@ def test_moved_folder_is_followed_without_embedding(lib):
 
         wait_for(moved, 20, lambda: d.log_text())
         assert status(data)["embedded_total"] == before
-        with sqlite3.connect(data / "imgindex.db") as conn:
-            paths = [r[0] for r in conn.execute("SELECT path FROM images")]
+        paths = [r[0] for r in query(data, "SELECT path FROM images")]
         assert not any("/trip/" in p for p in paths)
         assert sum("/2024/Trip/" in p for p in paths) == 30
         assert any(p.endswith("/GREEN_000.jpg") for p in paths)
@@ -179,8 +173,7 @@ def test_kill_9_during_ingestion_then_restart_indexes_everything_once(lib):
     s = status(data)
     assert s["indexed"] == s["index_size"] == total
     faiss_matches_sqlite(data)
-    with sqlite3.connect(data / "imgindex.db") as conn:
-        paths = [r[0] for r in conn.execute("SELECT path FROM images")]
+    paths = [r[0] for r in query(data, "SELECT path FROM images")]
     assert len(paths) == len(set(paths)) == total
     assert all(Path(p).exists() for p in paths)
 
