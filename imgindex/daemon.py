@@ -120,7 +120,7 @@ class Daemon:
         self._last_drain = 0.0
         self._dirty = False
         #: the changes log's head at this host's last cluster refresh
-        self._maintained_head: changes.LogPosition | None = None
+        self._maintained_head: tuple[int, int] | None = None
         self._cut_short = False  # the ingestor stopped a pass early (SIGTERM)
         self._config_version = 0
         self.embedder: ChosenEmbedder | None = None  # the one model, loaded after READY
@@ -519,9 +519,10 @@ class Daemon:
 
     def _drain(self) -> None:
         self._set_state("clustering")
+        seen = self._log_head()  # before: what commits during the drain is refreshed next time
         self.ingestor.drain(final=False)
         self._update_view()
-        self._maintained_head = self._log_head()
+        self._maintained_head = seen
         self._dirty = False
         self._last_drain = time.monotonic()
         r = self.ingestor.report
@@ -564,9 +565,9 @@ class Daemon:
         ):
             self._dirty = True  # the next quiet moment drains: clusters, labels, views
 
-    def _log_head(self) -> changes.LogPosition:
+    def _log_head(self) -> tuple[int, int]:
         with self.lib.engine.connect() as conn:
-            return changes.log_head(conn)
+            return changes.log_state(conn)
 
     def _sync_roots(self) -> None:
         available = {root: root_available(root) for root in self.roots}

@@ -115,3 +115,11 @@ def trim_log(conn: Connection, saved: LogPosition, keep_s: float | None = None) 
         meta.set_log_trimmed(conn, max(seq, old[0]), max(xmin, old[1]))
         marks = [m for m in marks if m[0] > now - keep]
     meta.set_log_trim_marks(conn, marks)
+
+
+def log_state(conn: Connection) -> tuple[int, int]:
+    """``(largest seq, rows)`` of the log as ``conn`` sees it: it changes whenever a change
+    commits, a late one (a smaller seq, from another host) included, and not otherwise (a
+    position's ``xmin`` moves with any transaction on the server)."""
+    row = conn.execute(select(func.max(index_log.c.seq), func.count())).one()
+    return int(row[0] or 0), int(row[1])
