@@ -19,6 +19,8 @@ from imgindex.models import load_embedder
 from imgindex.paths import LibraryPaths
 from imgindex.service import QueryService
 
+pytestmark = pytest.mark.usefixtures("backend")  # every test on SQLite and on PostgreSQL
+
 # The CLI in a fresh interpreter; prints which embedding modules the process itself imported.
 PROBE = """
 import json, sys

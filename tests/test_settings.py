@@ -3,13 +3,14 @@ stored value that is not valid (an older version's) falls back to the default.""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
 from daemon_helpers import DaemonProcess, settled, wait_for
-from helpers import cli, cli_json, run_process
+from helpers import cli, cli_json, execute, run_process
 from imaging import make_photos
+
+pytestmark = pytest.mark.usefixtures("backend")  # every test on SQLite and on PostgreSQL
 
 HUGE = "99999999999999999999999"
 
@@ -125,11 +126,17 @@ def test_invalid_stored_settings_fall_back_to_defaults_with_a_warning(tmp_path):
         "ignore": "[",
         "view_dir": str(photos / "view"),
     }
-    with sqlite3.connect(data / "imgindex.db") as conn:
-        conn.executemany(
-            "INSERT OR REPLACE INTO meta VALUES (?, ?)",
-            [(f"daemon.{n}", v) for n, v in stored.items()],
-        )
+    execute(  # rows the CLI would refuse to write: as if another version had
+        data,
+        "UPDATE meta SET value = :v WHERE key = :k",
+        [{"k": f"daemon.{n}", "v": v} for n, v in stored.items()],
+    )
+    execute(
+        data,
+        "INSERT INTO meta (key, value) SELECT :k, :v WHERE NOT EXISTS "
+        "(SELECT 1 FROM meta WHERE key = :k)",
+        [{"k": f"daemon.{n}", "v": v} for n, v in stored.items()],
+    )
     with DaemonProcess(data, quick=False) as d:
         wait_for(lambda: settled(data, 3), 30, d.log_text)
         make_photos(photos / "new", "blue", 2)
