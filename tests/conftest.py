@@ -73,7 +73,8 @@ def corpus(name: str) -> Path:
     return path
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+#: The second backend's run of each test is part of the full suite, not of the quick run.
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Each test of a module that uses this (``pytestmark = pytest.mark.usefixtures("backend")``)
     runs twice: on the default SQLite file, and with ``IMGINDEX_DATABASE_URL`` naming a fresh

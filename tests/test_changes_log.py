@@ -23,6 +23,9 @@ from imgindex.db.engine import make_engine, snapshot
 from imgindex.db.schema import index_log
 from imgindex.vindex import index_files
 
+#: seconds of a real PostgreSQL server or service process each: the full suite, not the quick run
+pytestmark = pytest.mark.slow
+
 DIM = 8
 
 

@@ -32,7 +32,9 @@ def distances(hashes: np.ndarray, h: int) -> np.ndarray:
     return np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)]
+)
 def copies(request, tmp_path_factory) -> tuple[Path, Path]:
     """On each backend (a PostgreSQL library's data dir records its database), an original
     with an exact copy, a smaller copy of another aspect ratio, a PNG re-encode,

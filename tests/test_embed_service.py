@@ -22,6 +22,9 @@ from daemon_helpers import DaemonProcess, settled, status, wait_for
 from helpers import cli, cli_json, row_count, run_process
 from imaging import make_photos
 
+#: seconds of a real PostgreSQL server or service process each: the full suite, not the quick run
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("fastapi", reason="the embedding service needs the embed extra")
 pytest.importorskip("uvicorn", reason="the embedding service needs the embed extra")
 

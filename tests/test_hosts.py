@@ -32,6 +32,9 @@ from imgindex.db.host import for_host
 from imgindex.errors import ImgIndexError
 from imgindex.library import Library
 
+#: seconds of a real PostgreSQL server or service process each: the full suite, not the quick run
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:

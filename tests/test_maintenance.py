@@ -14,6 +14,9 @@ from imaging import make_photos
 from imgindex.db import clusters, images, meta
 from imgindex.library import Library
 
+#: seconds of a real PostgreSQL server or service process each: the full suite, not the quick run
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def shared_library(tmp_path: Path, postgres_url: str) -> str:

@@ -11,6 +11,9 @@ from helpers import cli, cli_json, run_process
 from imaging import make_photos
 from sqlalchemy import make_url
 
+#: seconds of a real PostgreSQL server or service process each: the full suite, not the quick run
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def photos(tmp_path: Path) -> Path:

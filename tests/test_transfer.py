@@ -26,6 +26,9 @@ from imgindex.db.schema import images as images_table
 from imgindex.db.transfer import copy_library, last_id, verify
 from imgindex.errors import CopyMismatch, DatabaseNotEmpty
 
+#: seconds of a real PostgreSQL server or service process each: the full suite, not the quick run
+pytestmark = pytest.mark.slow
+
 CHUNK = 4  # rows per chunk here: every table of the little library takes several
 
 
