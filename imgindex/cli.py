@@ -114,9 +114,9 @@ def _main(
             envvar="IMGINDEX_DATABASE_URL",
             show_envvar=True,
             metavar="URL",
-            help="A PostgreSQL library (postgresql://USER@HOST/DB; the password from "
-            "~/.pgpass or PGPASSWORD) [default: the one the data dir records, else its SQLite "
-            "file].",
+            help="A PostgreSQL library: postgresql://USER@HOST/DB, the password from "
+            "~/.pgpass or PGPASSWORD (default: the URL the data dir records, else its SQLite "
+            "file).",
         ),
     ] = None,
     verbose: Annotated[
@@ -577,6 +577,10 @@ def status(
                 value += embedder
             if key == "database":
                 value = shown_database(value)
+            if key == "host" and not value:
+                value = "this machine (a SQLite library's only host)"
+            if key == "maintenance" and value is None:
+                value = "nobody now (a writer takes it)"
             if key == "roots":
                 value = ", ".join(names.shown(r["path"]) + _root_note(r) for r in value)
             typer.echo(f"{key:>14}: {value}")

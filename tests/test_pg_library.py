@@ -70,7 +70,8 @@ def test_sqlite_stays_the_default_and_status_says_so(tmp_path: Path, photos: Pat
     cli(data, "init", photos, "--model", "thumbnail")
     st = cli_json(data, "status")
     assert st["database"] == {"backend": "sqlite", "path": str(data / "imgindex.db")}
-    assert "database: sqlite " in cli(data, "status").stdout
+    text = cli(data, "status").stdout
+    assert "database: sqlite " in text and "host: this machine" in text
 
 
 def test_a_data_dir_belongs_to_one_library(
