@@ -319,19 +319,16 @@ class Ingestor:
 
         A connection the server dropped (it restarted) is replaced once; when the new one
         fails too, the server is gone: DatabaseUnavailable."""
-        try:
-            return images.indexed_id_with_hash(self._worker_conn(), digest, self.lib.model)
-        except Exception as exc:
-            if not is_disconnect(exc):
-                raise
-            self._drop_worker_conn()
-        try:
-            return images.indexed_id_with_hash(self._worker_conn(), digest, self.lib.model)
-        except Exception as exc:
-            if not is_disconnect(exc):
-                raise
-            self._drop_worker_conn()
-            raise unavailable(str(self.lib.location.target), exc) from exc
+        for attempt in (1, 2):
+            try:
+                return images.indexed_id_with_hash(self._worker_conn(), digest, self.lib.model)
+            except Exception as exc:
+                if not is_disconnect(exc):
+                    raise
+                self._drop_worker_conn()
+                if attempt == 2:
+                    raise unavailable(str(self.lib.location.target), exc) from exc
+        raise AssertionError("unreachable")
 
     def _worker_conn(self) -> WorkerConnection:
         """This worker thread's connection, opened on first use."""

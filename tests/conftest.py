@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pg import postgres_server, postgres_url, private_postgres  # noqa: F401  (fixtures: a real PostgreSQL)
@@ -96,3 +97,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if len(keep) != len(items):
         config.hook.pytest_deselected(items=[i for i in items if i not in keep])
         items[:] = keep
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """An engine on an empty library database of each backend (a SQLite file, or a fresh
+    database on the session's PostgreSQL server), migrated to head by the migrations."""
+    from imgindex.db import migrate
+    from imgindex.db.engine import make_engine
+
+    if request.param == "sqlite":
+        db: Path | str = tmp_path / "imgindex.db"
+        path: Path | None = tmp_path / "imgindex.db"
+    else:
+        db, path = request.getfixturevalue("postgres_server").create_database(), None
+    eng = make_engine(db)
+    assert migrate.current_revision(eng) is None
+    migrate.upgrade(eng, path)
+    try:
+        yield eng
+    finally:
+        eng.dispose()

@@ -29,36 +29,27 @@ pytestmark = pytest.mark.slow
 DIM = 8
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    """An engine on an empty library database of each backend, at head, with one root."""
-    if request.param == "sqlite":
-        db: Path | str = tmp_path / "imgindex.db"
-        path: Path | None = tmp_path / "imgindex.db"
-    else:
-        db, path = request.getfixturevalue("postgres_server").create_database(), None
-    eng = make_engine(db)
-    migrate.upgrade(eng, path)
+def _seed(eng: Engine) -> Engine:
+    """One root and a library id in a library database at head."""
     with eng.begin() as conn:
         roots.add_root(conn, Path("/p"))
         meta.set_library_id(conn, "lib")
-    try:
-        yield eng
-    finally:
-        eng.dispose()
+    return eng
 
 
 @pytest.fixture()
-def pg_engine(postgres_server: object, tmp_path: Path) -> Iterator[Engine]:
+def engine(engine: Engine) -> Engine:
+    """conftest's engine (each backend, at head), with one root and a library id."""
+    return _seed(engine)
+
+
+@pytest.fixture()
+def pg_engine(postgres_server: object) -> Iterator[Engine]:
     """The PostgreSQL one alone."""
-    url = postgres_server.create_database()  # type: ignore[attr-defined]
-    eng = make_engine(url)
+    eng = make_engine(postgres_server.create_database())  # type: ignore[attr-defined]
     migrate.upgrade(eng, None)
-    with eng.begin() as conn:
-        roots.add_root(conn, Path("/p"))
-        meta.set_library_id(conn, "lib")
     try:
-        yield eng
+        yield _seed(eng)
     finally:
         eng.dispose()
 

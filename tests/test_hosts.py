@@ -13,7 +13,6 @@ import shutil
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,34 +21,17 @@ from alembic import command
 from alembic.config import Config
 from helpers import cli, cli_json
 from imaging import make_photos
-from sqlalchemy import Engine, text
+from sqlalchemy import text
 
 from imgindex import hosts
 from imgindex.daemon import Daemon
 from imgindex.db import images, meta, migrate, queue, roots
-from imgindex.db.engine import make_engine
 from imgindex.db.host import for_host
 from imgindex.errors import ImgIndexError
 from imgindex.library import Library
 
 #: seconds of a real PostgreSQL server or service process each: the full suite, not the quick run
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    """An engine on an empty database of each backend, migrated to head."""
-    if request.param == "sqlite":
-        db: Path | str = tmp_path / "imgindex.db"
-        path: Path | None = tmp_path / "imgindex.db"
-    else:
-        db, path = request.getfixturevalue("postgres_server").create_database(), None
-    eng = make_engine(db)
-    migrate.upgrade(eng, path)
-    try:
-        yield eng
-    finally:
-        eng.dispose()
 
 
 def _row(path: str, root_id: int) -> dict[str, object]:

@@ -8,7 +8,6 @@ SQLite only)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,23 +30,6 @@ from imgindex.errors import LibraryNotFound
 
 BIG = 2**40 + 7  # past a 32-bit integer: sizes, nanosecond times, ids
 DIM = 4
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    """An engine on an empty database of each backend, migrated to head."""
-    if request.param == "sqlite":
-        db: Path | str = tmp_path / "imgindex.db"
-        path: Path | None = tmp_path / "imgindex.db"
-    else:
-        db, path = request.getfixturevalue("postgres_server").create_database(), None
-    eng = make_engine(db)
-    assert migrate.current_revision(eng) is None
-    migrate.upgrade(eng, path)
-    try:
-        yield eng
-    finally:
-        eng.dispose()
 
 
 def _db(engine: Engine) -> Path | str:
