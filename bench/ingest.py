@@ -81,7 +81,7 @@ def end_to_end(files: list[Path], model: str, tmp: Path) -> float:
     with Library.open(root / "data", write=True) as lib:
         ingestor = Ingestor(lib)
         ingestor.lib.cache.load()  # warm-up outside the timing, as a daemon would be
-        ingestor._embed_pixels(np.zeros((1, 224, 224, 3), np.uint8))  # the model is loaded
+        ingestor.embedder().embed(np.zeros((1, 224, 224, 3), np.uint8))  # the model is loaded
         start = time.perf_counter()
         report = ingestor.run()
         took = time.perf_counter() - start

@@ -296,17 +296,76 @@ def index(
     workers: WorkersOpt = None,
     max_pixels: PixelsOpt = 300_000_000,
     weights: WeightsOpt = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            is_flag=False,
+            flag_value="local",
+            metavar="[ADDRESS]",
+            help="Read, decode and embed on a Ray cluster: ADDRESS, `auto` (the cluster this "
+            "host belongs to), or nothing (a Ray started here for the run). Needs "
+            "imgindex[ray] and the roots at the same path on every node.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """One pass over the roots: embed new and changed files, drop deleted ones. With DIRS and
     no library in the data dir yet, first create one with DIRS as its roots (k auto)."""
     folders = [_existing_dir(d) for d in dirs] if dirs else None
+    if ray is not None:
+        from imgindex.raypass import import_ray
+
+        import_ray()  # not installed: say so before anything is created or opened
     if folders:
         _create_if_missing(ctx, folders)
     with _open(ctx, write=True, purpose="imgindex index") as lib:
-        embedder = _chosen_embedder(lib, weights)
-        report = _run_pass(lib, folders, batch_size, workers, max_pixels, weights, embedder)
+        if ray is not None:
+            report = _run_ray_pass(lib, folders, batch_size, max_pixels, weights, ray)
+        else:
+            embedder = _chosen_embedder(lib, weights)
+            report = _run_pass(lib, folders, batch_size, workers, max_pixels, weights, embedder)
     _summary(report, as_json)
+
+
+def _run_ray_pass(
+    lib: Any,
+    folders: list[Path] | None,
+    batch_size: int,
+    max_pixels: int,
+    weights: Path | None,
+    address: str,
+) -> Any:
+    """``index --ray``: the pass with its files prepared and embedded on a Ray cluster."""
+    from imgindex.raypass import RayIngestor, connected
+
+    with connected(None if address == "local" else address) as ray:
+        bar: Any = None
+
+        def start(total: int) -> None:
+            nonlocal bar
+            bar = typer.progressbar(length=max(total, 1), label="indexing", file=sys.stderr)
+            bar.__enter__()
+
+        ingestor = RayIngestor(
+            lib,
+            ray,
+            batch_size=batch_size,
+            max_pixels=max_pixels,
+            weights=weights,
+            progress=lambda n: bar and bar.update(n),
+        )
+        try:
+            report = ingestor.run(folders, on_start=start)
+        finally:
+            if bar is not None:
+                bar.__exit__(None, None, None)
+    typer.echo(
+        f"ray: {report.ray['nodes']} nodes ({report.ray['nodes_used']} did work), "
+        f"{report.ray['actors']} {report.ray['device']} embedding actors at most",
+        err=True,
+    )
+    return report
 
 
 def _chosen_embedder(lib: Any, weights: Path | None) -> Any:

@@ -83,3 +83,15 @@ class DiskFull(ImgIndexError):
         self.mount = mount
         self.needed = needed
         self.free = free
+
+
+class RayUnavailable(ImgIndexError):
+    """``index --ray`` cannot run: Ray is not installed, or its cluster cannot be reached."""
+
+
+class RayStalled(ImgIndexError):
+    """A Ray pass got nothing back from its cluster for too long (it lost the nodes to go on)."""
+
+
+class RootNotShared(ImgIndexError):
+    """A Ray node cannot read a root at the path this host reads it (no shared mount there)."""

@@ -58,11 +58,14 @@ class Report:
     #: roots, mount points and folders left as they are because they are unavailable
     frozen: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: a Ray pass only: nodes, actors, device, and the seconds of each stage
+    ray: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class Prepared:
-    """A file after the decode worker: ``kind`` is known, decoded, failed or changed."""
+    """A file after the decode worker: ``kind`` is known, decoded, failed, changed, vanished,
+    or unreachable (a Ray node could not find a file this host sees: retried later)."""
 
     root_id: int
     fs: FileStat
@@ -266,52 +269,14 @@ class Ingestor:
         is nobody's: it ends the pass (DatabaseUnavailable)."""
         root_id, fs = item
         try:
-            return self._prepare_file(root_id, fs)
+            return prepare_file(
+                root_id, fs, self._known, size=self.input_size, max_pixels=self.max_pixels
+            )
         except DatabaseUnavailable:
             raise
         except Exception as exc:
             log.warning("cannot prepare %s: %r", names.shown(fs.path), exc)
             return Prepared(root_id, fs, "failed", reason=f"unexpected error: {exc!r}")
-
-    def _prepare_file(self, root_id: int, fs: FileStat) -> Prepared:
-        try:
-            with open(fs.path, "rb") as fh:
-                head = fh.read(64)
-                if head and not looks_like_image(head):  # never read a huge non-image whole
-                    return Prepared(
-                        root_id, fs, "failed", reason="not an image (format not recognised)"
-                    )
-                data = head + fh.read()
-            st = os.stat(fs.path)
-        except FileNotFoundError:
-            return Prepared(root_id, fs, "vanished")
-        except OSError as exc:
-            return Prepared(root_id, fs, "failed", reason=f"cannot read: {exc.strerror}")
-        if (st.st_size, st.st_mtime_ns) != (fs.size, fs.mtime_ns) or len(data) != st.st_size:
-            changed = FileStat(fs.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            return Prepared(root_id, changed, "changed")
-        fs = FileStat(fs.path, fs.size, fs.mtime_ns, st.st_ctime_ns)
-        digest = hashlib.blake2b(data, digest_size=20).hexdigest()
-        source = self._known(digest)
-        if source is not None:
-            return Prepared(root_id, fs, "known", digest, source=source)
-        try:
-            img = decode_for_model(data, size=self.input_size, max_pixels=self.max_pixels)
-        except DecodeFailure as exc:
-            return Prepared(
-                root_id, fs, "failed", digest, reason=exc.reason, retryable=exc.retryable
-            )
-        return Prepared(
-            root_id,
-            fs,
-            "decoded",
-            digest,
-            img.pixels,
-            img.width,
-            img.height,
-            img.format,
-            phash=img.phash,
-        )
 
     def _known(self, digest: str) -> int | None:
         """Id of an indexed row with this content (worker threads: a plain DB-API connection
@@ -346,40 +311,10 @@ class Ingestor:
             conn.close()
 
     def _embed(self, batch: list[Prepared]) -> None:
-        """Set each decoded file's vector (and ImageNet top-1 class, for models with a head).
-        When the model fails on the batch, each file is tried alone, so the file it cannot
-        take fails by itself with the model's reason."""
-        if not batch:
-            return
-        try:
-            self._embed_all(batch)
-        except EmbeddingPostponed:
-            raise
-        except Exception as exc:
-            if len(batch) == 1:
-                log.warning("model failed on %s: %s", names.shown(batch[0].fs.path), exc)
-                batch[0].kind, batch[0].reason = "failed", f"the model failed on it: {exc}"
-                return
-            for p in batch:
-                self._embed([p])
+        embed_prepared(self.embedder(), batch)
 
-    def _embed_all(self, batch: list[Prepared]) -> None:
-        pixels = np.stack([p.pixels for p in batch if p.pixels is not None])
-        labelled = getattr(self._load_embedder(), "embed_labelled", None)
-        if labelled is None:
-            vectors, labels = self._embed_pixels(pixels), [None] * len(batch)
-        else:
-            vectors, labels = labelled(pixels)
-        if len(vectors) != len(batch) or not np.isfinite(vectors).all():
-            raise ValueError("it gave no finite vector")
-        for p, vector, label in zip(batch, vectors, labels, strict=True):
-            p.vector = np.asarray(vector, dtype=np.float32)
-            p.label = None if label is None else int(label)
-
-    def _embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        return self._load_embedder().embed(pixels)
-
-    def _load_embedder(self) -> Embedder:
+    def embedder(self) -> Embedder:
+        """The model (or service) this pass embeds with, loaded on first use."""
         if self._embedder is None:
             from imgindex.models import load_embedder
 
@@ -393,13 +328,18 @@ class Ingestor:
             return
         if self.postponed:
             return
-        self.lib.cache.load()  # caught up *before* this batch commits
         try:
             self._embed([p for p in batch if p.kind == "decoded"])
         except EmbeddingPostponed as exc:
             log.info("%d files left for later: %s", len(batch), exc)
             self.postponed = True
             return
+        self.store(batch)
+
+    def store(self, batch: list[Prepared]) -> None:
+        """Commit files already prepared and embedded (by this pass, or by Ray workers), bring
+        the FAISS index along, and report progress."""
+        self.lib.cache.load()  # caught up *before* this batch commits
         self._commit_isolated(batch)
         self.lib.cache.catch_up()
         if self.progress:
@@ -521,12 +461,11 @@ class Ingestor:
             self._insert_indexed(conn, row, vector, added)
         else:
             self._drop(conn, old, removed)
-            retry = p.kind == "changed" or (
-                p.retryable and now - p.fs.mtime_ns / 1e9 < RETRY_WINDOW_S
-            )
+            later = p.kind in ("changed", "unreachable")  # tried again whatever its age
+            retry = later or (p.retryable and now - p.fs.mtime_ns / 1e9 < RETRY_WINDOW_S)
             reason = "still being written; will retry" if p.kind == "changed" else p.reason
             if retry:
-                reason = reason if p.kind == "changed" else f"{reason}; will retry"
+                reason = reason if later else f"{reason}; will retry"
                 self.report.pending += 1
             else:
                 self.report.failed += 1
@@ -667,6 +606,88 @@ class Ingestor:
         if force or time.monotonic() - self._saved_at > self.checkpoint_s:
             self.lib.cache.save()
             self._saved_at = time.monotonic()
+
+
+def prepare_file(
+    root_id: int,
+    fs: FileStat,
+    known: Callable[[str], int | None],
+    *,
+    size: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Prepared:
+    """Read ``fs``, check it is stable, hash it, and either find its content already indexed
+    or decode it at the model's input ``size``. ``known(hash)`` gives the id of an indexed row
+    with that content, 0 for one to be looked up when the file is written, or None."""
+    try:
+        with open(fs.path, "rb") as fh:
+            head = fh.read(64)
+            if head and not looks_like_image(head):  # never read a huge non-image whole
+                return Prepared(
+                    root_id, fs, "failed", reason="not an image (format not recognised)"
+                )
+            data = head + fh.read()
+        st = os.stat(fs.path)
+    except FileNotFoundError:
+        return Prepared(root_id, fs, "vanished")
+    except OSError as exc:
+        return Prepared(root_id, fs, "failed", reason=f"cannot read: {exc.strerror}")
+    if (st.st_size, st.st_mtime_ns) != (fs.size, fs.mtime_ns) or len(data) != st.st_size:
+        changed = FileStat(fs.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        return Prepared(root_id, changed, "changed")
+    fs = FileStat(fs.path, fs.size, fs.mtime_ns, st.st_ctime_ns)
+    digest = hashlib.blake2b(data, digest_size=20).hexdigest()
+    source = known(digest)
+    if source is not None:
+        return Prepared(root_id, fs, "known", digest, source=source or None)
+    try:
+        img = decode_for_model(data, size=size, max_pixels=max_pixels)
+    except DecodeFailure as exc:
+        return Prepared(root_id, fs, "failed", digest, reason=exc.reason, retryable=exc.retryable)
+    return Prepared(
+        root_id,
+        fs,
+        "decoded",
+        digest,
+        img.pixels,
+        img.width,
+        img.height,
+        img.format,
+        phash=img.phash,
+    )
+
+
+def embed_prepared(embedder: Embedder, batch: list[Prepared]) -> None:
+    """Set each decoded file's vector (and ImageNet top-1 class, for models with a head).
+    When the model fails on the batch, each file is tried alone, so the file it cannot take
+    fails by itself with the model's reason."""
+    if not batch:
+        return
+    try:
+        _embed_all(embedder, batch)
+    except EmbeddingPostponed:
+        raise
+    except Exception as exc:
+        if len(batch) == 1:
+            log.warning("model failed on %s: %s", names.shown(batch[0].fs.path), exc)
+            batch[0].kind, batch[0].reason = "failed", f"the model failed on it: {exc}"
+            return
+        for p in batch:
+            embed_prepared(embedder, [p])
+
+
+def _embed_all(embedder: Embedder, batch: list[Prepared]) -> None:
+    pixels = np.stack([p.pixels for p in batch if p.pixels is not None])
+    labelled = getattr(embedder, "embed_labelled", None)
+    if labelled is None:
+        vectors, labels = embedder.embed(pixels), [None] * len(batch)
+    else:
+        vectors, labels = labelled(pixels)
+    if len(vectors) != len(batch) or not np.isfinite(vectors).all():
+        raise ValueError("it gave no finite vector")
+    for p, vector, label in zip(batch, vectors, labels, strict=True):
+        p.vector = np.asarray(vector, dtype=np.float32)
+        p.label = None if label is None else int(label)
 
 
 IMAGE_MAGIC = (

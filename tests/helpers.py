@@ -40,10 +40,11 @@ def run_process(
     )
 
 
-def query(data: Path, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+def query(data: Path, sql: str, raw: bool = False, **params: Any) -> list[tuple[Any, ...]]:
     """Rows of ``sql`` (``:name`` parameters) on the table of record of the library in data
     dir ``data``, SQLite or PostgreSQL alike, read the way another process would. File names
-    come back as ``str`` on both (PostgreSQL keeps them as bytes)."""
+    come back as ``str`` on both (PostgreSQL keeps them as bytes), unless ``raw``: every
+    binary value as bytes (vectors)."""
     from sqlalchemy import text
 
     from imgindex.db.engine import make_engine
@@ -57,6 +58,8 @@ def query(data: Path, sql: str, **params: Any) -> list[tuple[Any, ...]]:
             rows = conn.execute(text(sql), params).all()
     finally:
         engine.dispose()
+    if raw:
+        return [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row) for row in rows]
     fix = lambda v: from_bytes(bytes(v)) if isinstance(v, (bytes, memoryview)) else v  # noqa: E731
     return [tuple(fix(v) for v in row) for row in rows]
 
@@ -100,3 +103,26 @@ def synthetic_row(path: str, vector: Any, model: str, **extra: Any) -> dict[str,
         "updated_at": 0.0,
         **extra,
     }
+
+
+def assert_consistent(data: Path, photos: Path, decodable: int, failed: int = 1) -> None:
+    """After a crash and a rerun: every decodable ``.jpg`` under ``photos`` indexed exactly once,
+    in SQLite, in the FAISS file (192 dimensions: the thumbnail model) and in a cluster; the
+    ``failed`` others recorded as failed; nothing pending, no temp file left."""
+    from imgindex.vindex import VectorIndex
+
+    status = cli_json(data, "status")
+    assert status["indexed"] == status["index_size"] == decodable
+    assert status["failed"] == failed and status["pending"] == 0
+    rows = query(data, "SELECT id, path FROM images WHERE status = 'indexed'")
+    clusters = query(data, "SELECT sum(size) FROM clusters")[0][0]
+    unassigned = query(
+        data, "SELECT count(*) FROM images WHERE status='indexed' AND cluster_id IS NULL"
+    )[0][0]
+    ids = VectorIndex.open_latest(data, 192, mmap=True).ids()
+    assert len(ids) == len(set(ids.tolist())), "duplicate vectors in FAISS"
+    assert sorted(ids.tolist()) == sorted(r[0] for r in rows), "FAISS and SQLite disagree"
+    on_disk = {str(p.resolve()) for p in photos.rglob("*.jpg") if p.name != "broken.jpg"}
+    assert {r[1] for r in rows} == on_disk
+    assert clusters == decodable and unassigned == 0
+    assert not list(data.glob(".vectors.*.tmp"))

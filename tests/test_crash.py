@@ -12,10 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cli, cli_json, query, row_count
+from helpers import assert_consistent, cli, row_count
 from imaging import make_photos
-
-from imgindex.vindex import VectorIndex
 
 pytestmark = pytest.mark.usefixtures("backend")  # every test on SQLite and on PostgreSQL
 
@@ -53,24 +51,6 @@ def tree(tmp_path: Path) -> tuple[Path, Path, int]:
     (photos / "broken.jpg").write_bytes(b"plain text, not a picture")
     cli(data, "init", photos, "--model", "thumbnail", "--k", "3")
     return photos, data, 120
-
-
-def assert_consistent(data: Path, photos: Path, decodable: int) -> None:
-    status = cli_json(data, "status")
-    assert status["indexed"] == status["index_size"] == decodable
-    assert status["failed"] == 1 and status["pending"] == 0
-    rows = query(data, "SELECT id, path FROM images WHERE status = 'indexed'")
-    clusters = query(data, "SELECT sum(size) FROM clusters")[0][0]
-    unassigned = query(
-        data, "SELECT count(*) FROM images WHERE status='indexed' AND cluster_id IS NULL"
-    )[0][0]
-    ids = VectorIndex.open_latest(data, 192, mmap=True).ids()
-    assert len(ids) == len(set(ids.tolist())), "duplicate vectors in FAISS"
-    assert sorted(ids.tolist()) == sorted(r[0] for r in rows), "FAISS and SQLite disagree"
-    on_disk = {str(p.resolve()) for p in photos.rglob("*.jpg") if p.name != "broken.jpg"}
-    assert {r[1] for r in rows} == on_disk
-    assert clusters == decodable and unassigned == 0
-    assert not list(data.glob(".vectors.*.tmp"))
 
 
 @pytest.mark.slow  # kills real processes

@@ -75,6 +75,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "imgindex.organize",
             "imgindex.views",
             "imgindex.ingest",
+            "imgindex.raypass",
             "imgindex.duplicates",
             "imgindex.atlas",
             "imgindex.export",

@@ -72,6 +72,13 @@ def find_indexed_by_hash(conn: Connection, content_hash: str | None, model: str)
     return conn.execute(q.limit(1)).first()
 
 
+def indexed_hashes(conn: Connection, model: str) -> frozenset[bytes]:
+    """The content hashes (as 20 raw bytes each) of every indexed row of ``model``, of any host:
+    what a Ray pass's workers need not decode again."""
+    q = select(c.content_hash).where(c.status == STATUS_INDEXED, c.model == model).distinct()
+    return frozenset(bytes.fromhex(h) for (h,) in conn.execute(q) if h)
+
+
 @cache
 def _id_by_hash_sql(dialect: str) -> tuple[str, dict[str, Any]]:
     """The statement as the dialect's text (SQLite's, or psycopg's for PostgreSQL), and its
