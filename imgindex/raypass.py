@@ -20,10 +20,11 @@ import logging
 import os
 import pickle
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -60,6 +61,11 @@ def connected(address: str | None) -> Iterator[ModuleType]:
     started on this host for the run), disconnected at the end."""
     ray = import_ray()
     where = address or "a local Ray started for this run"
+    with redirect_stdout(sys.stderr):  # Ray prints the cluster's events: stdout is for data
+        yield from _connected(ray, address, where)
+
+
+def _connected(ray: ModuleType, address: str | None, where: str) -> Iterator[ModuleType]:
     try:
         ray.init(
             address=address,

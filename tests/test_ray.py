@@ -21,14 +21,16 @@ import pytest
 from helpers import assert_consistent, cli, query, row_count, run_process
 from imaging import make_photos
 
+from imgindex.errors import RayStalled
+from imgindex.raypass import watched
+
 #: seconds of a real Ray cluster each: the full suite, not the quick run
 pytestmark = pytest.mark.slow
-
-cluster_utils = pytest.importorskip("ray.cluster_utils", reason="Ray is the ray extra")
 
 
 def start_cluster() -> Any:
     """A head and one worker node, two CPUs each, not connected to this process."""
+    cluster_utils = pytest.importorskip("ray.cluster_utils", reason="Ray is the ray extra")
     cluster = cluster_utils.Cluster(
         initialize_head=True,
         connect=False,
@@ -214,3 +216,16 @@ def test_without_ray_the_flag_says_how_to_install_it(tmp_path, monkeypatch):
     result = cli(tmp_path / "data", "index", "--ray", "--json", photos, code=1)
     assert "pip install 'imgindex[ray]'" in result.stderr
     assert not (tmp_path / "data").exists()  # nothing created
+
+
+def test_a_cluster_that_sends_nothing_back_stops_the_run_with_the_reason():
+    def stuck() -> Iterator[int]:
+        yield 1
+        time.sleep(30)  # a cluster that lost the resources to go on
+        yield 2
+
+    got = []
+    with pytest.raises(RayStalled, match=r"in 0 s \(1 of 2 nodes alive\); what was committed"):
+        for batch in watched(stuck(), 0.3, lambda: "1 of 2 nodes alive"):
+            got.append(batch)
+    assert got == [1]
