@@ -300,11 +300,9 @@ def index(
         str | None,
         typer.Option(
             "--ray",
-            is_flag=False,
-            flag_value="local",
-            metavar="[ADDRESS]",
-            help="Read, decode and embed on a Ray cluster: ADDRESS, `auto` (the cluster this "
-            "host belongs to), or nothing (a Ray started here for the run). Needs "
+            metavar="ADDRESS",
+            help="Read, decode and embed on a Ray cluster: HOST:PORT, `auto` (the cluster this "
+            "host belongs to) or `local` (a Ray started here for the run). Needs "
             "imgindex[ray] and the roots at the same path on every node.",
         ),
     ] = None,
@@ -339,7 +337,7 @@ def _run_ray_pass(
     """``index --ray``: the pass with its files prepared and embedded on a Ray cluster."""
     from imgindex.raypass import RayIngestor, connected
 
-    with connected(None if address == "local" else address) as ray:
+    with connected(address) as ray:
         bar: Any = None
 
         def start(total: int) -> None:

@@ -56,16 +56,17 @@ def import_ray() -> ModuleType:
 
 
 @contextmanager
-def connected(address: str | None) -> Iterator[ModuleType]:
-    """Ray, connected to ``address`` ("auto": the cluster this host belongs to; None: a Ray
-    started on this host for the run), disconnected at the end."""
+def connected(address: str) -> Iterator[ModuleType]:
+    """Ray, connected to ``address`` (HOST:PORT; "auto": the cluster this host belongs to;
+    "local": a new Ray started on this host for the run, whatever else runs), disconnected at
+    the end."""
     ray = import_ray()
-    where = address or "a local Ray started for this run"
+    where = "a local Ray started for this run" if address == "local" else address
     with redirect_stdout(sys.stderr):  # Ray prints the cluster's events: stdout is for data
         yield from _connected(ray, address, where)
 
 
-def _connected(ray: ModuleType, address: str | None, where: str) -> Iterator[ModuleType]:
+def _connected(ray: ModuleType, address: str, where: str) -> Iterator[ModuleType]:
     try:
         ray.init(
             address=address,
@@ -130,7 +131,7 @@ class RayIngestor(Ingestor):
             self._stages["wait"] += time.perf_counter() - waited
             self._stages["prepare"] += float(np.sum(batch["prepare_s"]))
             self._stages["model"] += float(np.sum(batch["model_s"]))
-            self._nodes_used.update(str(n) for n in batch["node"])
+            self._nodes_used.update(str(n) for n in (*batch["node"], *batch["actor_node"]))
             started = time.perf_counter()
             self.store([self._received(pickle.loads(r)) for r in batch["record"]])
             self._stages["commit"] += time.perf_counter() - started
@@ -264,9 +265,12 @@ class EmbedBatch:
     """Ray actor: the library's model, loaded once, embedding the decoded files of a batch."""
 
     def __init__(self, model: str, weights: Path | None, device: str) -> None:
+        import ray
+
         from imgindex.models import load_embedder
 
         self.embedder = load_embedder(model, weights=weights, device=device, progress=False)
+        self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         records: list[Prepared] = [pickle.loads(r) for r in batch["record"]]
@@ -285,6 +289,7 @@ class EmbedBatch:
             "prepare_s": batch["prepare_s"],
             "model_s": np.full(len(records), spent),
             "node": batch["node"],
+            "actor_node": np.array([self.node] * len(records), dtype=object),
         }
 
 

@@ -99,6 +99,15 @@ def test_a_ray_pass_on_two_nodes_equals_a_local_pass(ray_cluster, tree, tmp_path
     assert (again["embedded"], again["unchanged"]) == (1, 121)
 
 
+def test_ray_local_starts_a_ray_of_its_own_for_the_run(tree):
+    photos, data = tree
+    result = run_process("--data-dir", data, "index", "--json", "--ray", "local")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["embedded"] == 120 and report["ray"]["nodes"] == 1
+    assert_consistent(data, photos, 120)
+
+
 def test_a_moved_photo_is_relinked_not_embedded_again(ray_cluster, tree):
     photos, data = tree
     ray_index(data, ray_cluster.address)
@@ -213,7 +222,7 @@ def test_without_ray_the_flag_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as where it is absent
     photos = tmp_path / "photos"
     make_photos(photos, "red", 2)
-    result = cli(tmp_path / "data", "index", "--ray", "--json", photos, code=1)
+    result = cli(tmp_path / "data", "index", "--ray", "local", "--json", photos, code=1)
     assert "pip install 'imgindex[ray]'" in result.stderr
     assert not (tmp_path / "data").exists()  # nothing created
 
