@@ -98,6 +98,16 @@ def test_a_ray_pass_on_two_nodes_equals_a_local_pass(ray_cluster, tree, tmp_path
     again = ray_index(data, ray_cluster.address)
     assert (again["embedded"], again["unchanged"]) == (1, 121)
 
+    # a moved folder: its photos' content is indexed, so no worker decodes them again and the
+    # writer re-links each row (same id) to its new path
+    before = dict(query(data, "SELECT path, id FROM images WHERE status = 'indexed'"))
+    (photos / "green").rename(photos / "verde")
+    moved = ray_index(data, ray_cluster.address)
+    assert (moved["embedded"], moved["moved"]) == (0, 40)
+    after = dict(query(data, "SELECT path, id FROM images WHERE status = 'indexed'"))
+    old = str((photos / "green" / "green_007.jpg").resolve())
+    assert after[str((photos / "verde" / "green_007.jpg").resolve())] == before[old]
+
 
 def test_ray_local_starts_a_ray_of_its_own_for_the_run(tree):
     photos, data = tree
@@ -106,18 +116,6 @@ def test_ray_local_starts_a_ray_of_its_own_for_the_run(tree):
     report = json.loads(result.stdout)
     assert report["embedded"] == 120 and report["ray"]["nodes"] == 1
     assert_consistent(data, photos, 120)
-
-
-def test_a_moved_photo_is_relinked_not_embedded_again(ray_cluster, tree):
-    photos, data = tree
-    ray_index(data, ray_cluster.address)
-    before = dict(query(data, "SELECT path, id FROM images WHERE status = 'indexed'"))
-    (photos / "green").rename(photos / "verde")
-    report = ray_index(data, ray_cluster.address)
-    assert (report["embedded"], report["moved"]) == (0, 40)
-    after = dict(query(data, "SELECT path, id FROM images WHERE status = 'indexed'"))
-    old = str((photos / "green" / "green_007.jpg").resolve())
-    assert after[str((photos / "verde" / "green_007.jpg").resolve())] == before[old]
 
 
 IMGINDEX = [sys.executable, "-m", "imgindex"]
