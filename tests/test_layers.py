@@ -76,6 +76,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "imgindex.views",
             "imgindex.ingest",
             "imgindex.duplicates",
+            "imgindex.quarantine",
             "imgindex.atlas",
             "imgindex.export",
             "imgindex.report",
@@ -86,7 +87,14 @@ LAYERS: list[tuple[str, list[str]]] = [
     ),
     (
         "daemon parts",
-        ["imgindex.service", "imgindex.watch", "imgindex.settings", "imgindex.embedserver"],
+        [
+            "imgindex.service",
+            "imgindex.watch",
+            "imgindex.settings",
+            "imgindex.embedserver",
+            "imgindex.web",
+            "imgindex.web.*",
+        ],
     ),
     ("daemon", ["imgindex.daemon"]),
     ("cli", ["imgindex.cli"]),

@@ -91,10 +91,10 @@ def all_clusters(conn: Connection) -> list[Any]:
 
 
 def members(conn: Connection, cluster_id: int, limit: int | None = None) -> list[Any]:
-    """``(host, path, vector)`` of the (first ``limit``) indexed members of a cluster, of every
-    host, by id."""
+    """``(id, host, path, vector)`` of the (first ``limit``) indexed members of a cluster, of
+    every host, by id."""
     q = (
-        select(images.c.host, images.c.path, images.c.vector)
+        select(images.c.id, images.c.host, images.c.path, images.c.vector)
         .where(images.c.cluster_id == cluster_id, images.c.status == STATUS_INDEXED)
         .order_by(images.c.id)
     )
