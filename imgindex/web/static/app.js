@@ -197,7 +197,7 @@ async function duplicates() {
   });
   view.replaceChildren(el("h1", { text: `Duplicates (${d.groups.length} groups)` }),
     el("p", { class: "muted" }, `Keeper policy: ${d.keep}. `, d.quarantine ? `The others move to ${d.quarantine} (nothing is deleted).` : "Set a quarantine folder first: imgindex config quarantine DIR"),
-    el("p", {}, undo), groups.length ? groups : el("p", { class: "muted", text: "No duplicates." }));
+    el("p", {}, undo), ...(groups.length ? groups : [el("p", { class: "muted", text: "No duplicates." })]));
 }
 
 async function map() {
