@@ -147,6 +147,8 @@ def test_click_a_photo_and_see_its_neighbours(site, tab):
     assert scores == sorted(scores, reverse=True)
     wait_for(lambda: tab.eval_on_selector(".preview img", "i => i.naturalWidth") > 0, 10)
     assert tab.query_selector("#cluster-link") is not None
+    facts = tab.inner_text("#facts")
+    assert "Path" in facts and str(site["photos"]) in facts and "object" not in facts
     shot(tab, "photo")
 
 
