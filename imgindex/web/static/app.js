@@ -120,7 +120,7 @@ async function cluster(id, page) {
     el("a", { class: "button", href: page > 0 ? `#/cluster/${id}/${page - 1}` : null, "aria-disabled": page === 0, text: "‹ Previous" }),
     `page ${page + 1} of ${pages}`,
     el("a", { class: "button", href: page + 1 < pages ? `#/cluster/${id}/${page + 1}` : null, "aria-disabled": page + 1 >= pages, text: "Next ›" }));
-  view.replaceChildren(el("h1", {}, titleLine(c, "span")), el("p", { class: "muted", text: `${c.size} images, nearest to the centre first` }),
+  view.replaceChildren(el("h1", {}, titleLine(c, "span")), el("p", { class: "muted", text: `${c.size} images` }),
     pager(), el("div", { class: "grid", id: "members" }, c.members.map((m) => tile(m.id, undefined, m.path))), pager());
 }
 
