@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -332,3 +336,32 @@ def test_a_password_guards_everything_with_signed_sessions(library):
     finally:
         s.stop()
         cli(data, "config", "http_password", "-")
+
+
+def test_imgindex_serve_is_a_real_server_and_stops_on_sigterm(library):
+    _, data = library
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imgindex", "--data-dir", str(data), "serve", "--http",
+         "127.0.0.1:0"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        url = re.search(r"(http://127\.0\.0\.1:\d+)/", line)
+        assert url, line
+        assert requests.get(url.group(1) + "/api/status", timeout=30).json()["indexed"] == 25
+        page = requests.get(url.group(1) + "/", timeout=30).text
+        assert "/static/app.js" in page and "http://" not in page and "https://" not in page
+    finally:
+        proc.send_signal(signal.SIGTERM)
+    # a graceful stop: uvicorn shuts down, then exits by the signal it caught (as systemd expects)
+    assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+
+
+def test_the_http_setting_is_checked(library):
+    _, data = library
+    assert "HOST:PORT" in cli(data, "config", "http", "nonsense", code=1).stderr
+    cli(data, "config", "http", "127.0.0.1:8761")
+    assert cli_json(data, "config", "http") == {"http": "127.0.0.1:8761"}
+    cli(data, "config", "http", "")
