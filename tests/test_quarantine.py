@@ -13,6 +13,8 @@ from helpers import cli, cli_json
 from imaging import draw
 from PIL import Image
 
+pytestmark = pytest.mark.usefixtures("backend")  # SQLite, and PostgreSQL (slow)
+
 EXIF_IFD, DATE_ORIGINAL, MAKE, MODEL, ARTIST = 0x8769, 36867, 271, 272, 315
 
 
