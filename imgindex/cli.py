@@ -91,6 +91,12 @@ clusters_app = typer.Typer(
     help="Show the clusters the library's images fall into.",
 )
 app.add_typer(clusters_app, name="clusters")
+duplicates_app = typer.Typer(
+    cls=_Boundary,
+    pretty_exceptions_enable=False,
+    help="Find duplicate images; set them aside and put them back.",
+)
+app.add_typer(duplicates_app, name="duplicates")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
 
@@ -454,7 +460,7 @@ def similar(
         typer.echo(f"{m.score:.4f}  {names.shown(m.path)}")
 
 
-@app.command()
+@duplicates_app.callback(invoke_without_command=True)
 def duplicates(
     ctx: typer.Context,
     threshold: Annotated[
@@ -480,6 +486,8 @@ def duplicates(
     (1.0 for exact copies); distance: its perceptual-hash bits from the first. Text: a header
     per group naming the tiers that linked it (exact, phash, vector), then score, distance,
     kind and path per member. Failed files are never grouped."""
+    if ctx.invoked_subcommand is not None:
+        return
     from imgindex.duplicates import find_duplicates
 
     with _open(ctx) as lib:
@@ -503,6 +511,79 @@ def duplicates(
         for m in g.members:
             bits = "-" if m.distance is None else m.distance
             typer.echo(f"  {m.score:.4f}  {bits:>2}  {m.kind:<5}  {names.shown(m.path)}")
+
+
+@duplicates_app.command("resolve")
+def duplicates_resolve(
+    ctx: typer.Context,
+    keep: Annotated[
+        str | None,
+        typer.Option(
+            "--keep",
+            metavar="POLICY",
+            help="Which member of each group stays: largest, oldest (date taken) or "
+            "most-metadata (default: the library's `keep` setting, else largest).",
+        ),
+    ] = None,
+    quarantine: Annotated[
+        Path | None,
+        typer.Option(
+            "--quarantine",
+            metavar="DIR",
+            help="Folder (outside the roots) the others are moved into, keeping their paths "
+            "relative to their root (default: the library's `quarantine` setting).",
+        ),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would move.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set aside every duplicate group's others: one member stays (by --keep), the rest move
+    into --quarantine, journaled; `imgindex duplicates undo` puts them back. Nothing is
+    deleted."""
+    from imgindex import settings
+    from imgindex.quarantine import resolve
+
+    with _open(ctx) as lib:
+        s = settings.load(lib.engine)
+        where = quarantine or (Path(s.quarantine) if s.quarantine else None)
+        if where is None:
+            raise ImgIndexError(
+                "say where to set duplicates aside: --quarantine DIR "
+                "(or `imgindex config quarantine DIR`)"
+            )
+        if not dry_run:
+            _require_writable(lib)
+        done = resolve(lib, where, keep or s.keep, dry_run=dry_run)
+    _print_outcomes([done], as_json, "would move" if dry_run else "moved")
+
+
+@duplicates_app.command("undo")
+def duplicates_undo(
+    ctx: typer.Context,
+    every: Annotated[
+        bool, typer.Option("--all", help="Undo every resolve not undone yet, not just the last.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Put the files the last `duplicates resolve` set aside back where they were."""
+    from imgindex.quarantine import undo
+
+    with _open(ctx) as lib:
+        _require_writable(lib)
+        done = undo(lib, every=every)
+    _print_outcomes(done, as_json, "put back")
+
+
+def _print_outcomes(done: list[Any], as_json: bool, verb: str) -> None:
+    if as_json:
+        _echo_json([d.as_dict() for d in done])
+        return
+    for d in done:
+        for m in d.moved:
+            typer.echo(f"{names.shown(m['src'])}\t{names.shown(m['dest'])}")
+        for m in d.skipped:
+            typer.echo(f"warning: {names.shown(m['src'])}: {m['why']}", err=True)
+        typer.echo(f"{verb} {len(d.moved)} files (batch {d.batch})", err=True)
 
 
 @clusters_app.callback(invoke_without_command=True)
@@ -730,6 +811,16 @@ def daemon(
     ] = None,
     workers: WorkersOpt = None,
     weights: WeightsOpt = None,
+    http: Annotated[
+        str | None,
+        typer.Option(
+            "--http",
+            metavar="HOST:PORT",
+            callback=_setting("http"),
+            help="Also serve the web page here (the `http` setting; loopback unless a "
+            "password is set).",
+        ),
+    ] = None,
     timing: Annotated[
         list[str] | None,
         typer.Option(
@@ -754,6 +845,7 @@ def daemon(
         rescan_interval=rescan_interval,
         batch_size=batch_size,
         batch_seconds=batch_seconds,
+        http=http,
     )
     raise typer.Exit(d.run())
 
@@ -807,6 +899,61 @@ def embed_server(
     )
 
 
+HttpOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--http",
+        metavar="HOST:PORT",
+        help="Serve the web page here (default 127.0.0.1:8760; any address but loopback needs "
+        "a password, `imgindex config http_password`, or --read-only --no-auth).",
+    ),
+]
+
+
+def _web_missing(exc: ImportError) -> ImgIndexError:
+    return ImgIndexError(
+        f"the web page needs FastAPI and uvicorn ({exc.name} is missing): "
+        "pip install 'imgindex[web]'"
+    )
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    http: HttpOpt = None,
+    read_only: Annotated[
+        bool, typer.Option("--read-only", help="Refuse every change (renames, resolves).")
+    ] = False,
+    no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--no-auth", help="No password on a non-loopback address (needs --read-only)."
+        ),
+    ] = False,
+) -> None:
+    """Serve the library's web page and JSON API without a daemon (searches by photo ask a
+    running daemon, else load the model here)."""
+    from imgindex import settings
+
+    try:
+        from imgindex.web.server import serve as serve_web
+    except ImportError as exc:
+        raise _web_missing(exc) from None
+    with _open(ctx) as lib:
+        address = http or settings.load(lib.engine).http or DEFAULT_HTTP
+    serve_web(
+        _data_dir(ctx),
+        address,
+        database=_database(ctx),
+        read_only=read_only,
+        no_auth=no_auth,
+        on_ready=lambda what: typer.echo(f"serving the {what}", err=True),
+    )
+
+
+DEFAULT_HTTP = "127.0.0.1:8760"
+
+
 @app.command()
 def config(
     ctx: typer.Context,
@@ -817,6 +964,9 @@ def config(
     """Show or change the daemon's settings (a running daemon applies them at once)."""
     from imgindex import settings
 
+    if name == "http_password":
+        _set_http_password(ctx, value)
+        return
     with _open(ctx) as lib:
         if value is not None:
             _require_writable(lib)
@@ -831,6 +981,23 @@ def config(
         return
     for key, val in current.items():
         typer.echo(f"{key} = {','.join(val) if isinstance(val, list) else val}")
+
+
+def _set_http_password(ctx: typer.Context, value: str | None) -> None:
+    """``config http_password``: asked twice on a terminal (else one line of stdin); stored
+    as a salted hash; ``config http_password --clear``-like: the value ``-`` removes it."""
+    from imgindex.web.auth import set_password
+
+    if value is None:
+        if sys.stdin.isatty():
+            value = typer.prompt("password for the web page", hide_input=True,
+                                 confirmation_prompt=True)  # fmt: skip
+        else:
+            value = sys.stdin.readline().rstrip("\n")
+    with _open(ctx) as lib:
+        _require_writable(lib)
+        set_password(lib.engine, None if value == "-" else value)
+    typer.echo("web password " + ("removed" if value == "-" else "set"), err=True)
 
 
 @app.command()

@@ -55,6 +55,26 @@ def ask_similar(
     return [Match(m["path"], float(m["score"]), m["cluster"]) for m in reply.get("matches", [])]
 
 
+def ask_similar_bytes(
+    paths: LibraryPaths, name: str, data: bytes, k: int, timeout: float = 30.0
+) -> list[Match] | None:
+    """The daemon's ``k`` nearest images to a photo given as bytes (an upload); None when no
+    daemon answers. ImgIndexError with the daemon's message when it refuses the photo."""
+    if len(data) > MAX_PHOTO_BYTES:
+        return None
+    reply = _ask(
+        paths.socket, {"op": "similar", "path": name, "k": k, "size": len(data)}, data, timeout
+    )
+    if reply is None:
+        return None
+    if "error" in reply:
+        raise ImgIndexError(str(reply["error"]))
+    return [
+        Match(m["path"], float(m["score"]), m["cluster"], m.get("host", ""))
+        for m in reply.get("matches", [])
+    ]
+
+
 def ping(paths: LibraryPaths, timeout: float = 5.0) -> dict[str, Any] | None:
     """The daemon's ``{"ok": true, "model": ...}``, or None when none answers."""
     return _ask(paths.socket, {"op": "ping"}, b"", timeout)

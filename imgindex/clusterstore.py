@@ -22,20 +22,26 @@ LABEL_SHARE = 0.2  # a second class joins the label when this share of the membe
 def _members(
     conn: Connection, cluster_id: int, dim: int, limit: int | None = None
 ) -> tuple[list[Any], np.ndarray]:
-    """The members' ``(host, path)`` and their vectors."""
+    """The members' ``(host, path, id)`` and their vectors."""
     rows = stored.members(conn, cluster_id, limit)
     vecs = np.stack([blob_to_vector(r.vector) for r in rows]) if rows else np.empty((0, dim))
-    return [(r.host, r.path) for r in rows], vecs
+    return [(r.host, r.path, r.id) for r in rows], vecs
 
 
 def _nearest_first(files: list[Any], vecs: np.ndarray, centroid: np.ndarray) -> list[dict]:
-    """``{"path", "distance", "host"}`` of each of ``files``, nearest to ``centroid`` first."""
+    """``{"path", "distance", "host", "id"}`` of each of ``files``, nearest to ``centroid``
+    first."""
     if not files:
         return []
     dist = np.linalg.norm(vecs - centroid[None, :], axis=1)
     return [
-        {"path": files[i][1], "distance": round(float(dist[i]), 4), "host": files[i][0]}
-        for i in np.argsort(dist)
+        {
+            "path": files[i][1],
+            "distance": round(float(dist[i]), 4),
+            "host": files[i][0],
+            "id": int(files[i][2]),
+        }
+        for i in np.argsort(dist, kind="stable")
     ]
 
 
@@ -109,6 +115,7 @@ def list_clusters(
                     "label": title.get("label"),
                     "size": row.size,
                     "representatives": [r["path"] for r in reps],
+                    "representative_ids": [r["id"] for r in reps],
                 }
             )
     return out

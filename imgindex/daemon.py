@@ -125,6 +125,7 @@ class Daemon:
         self._config_version = 0
         self.embedder: ChosenEmbedder | None = None  # the one model, loaded after READY
         self.service: QueryService | None = None
+        self.web: Any = None  # the web page (imgindex.web.server.WebServer), with `http`
         self.view = ViewKeeper()  # the cluster view in settings.view_dir, when set
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -149,6 +150,7 @@ class Daemon:
             self._load_model()
             self._publish()  # which embedder is in use
             self._start_service()
+            self._start_web()
             self._survive(self.rescan)
             while not self.stop_requested:
                 self._survive(self.tick)
@@ -158,6 +160,8 @@ class Daemon:
             self._unless_lost(self.lib.cache.save)  # else the next open catches the file up
             self.watcher.stop()
         finally:
+            if self.web:
+                self.web.stop()
             if self.service:
                 self.service.stop()
             self._unless_lost(lambda: self._publish(final=True))
@@ -235,6 +239,24 @@ class Daemon:
             log.warning("similar-photo queries are not served by the daemon: %s", exc)
             return
         self.service = service
+
+    def _start_web(self) -> None:
+        """Serve the web page on the ``http`` setting's address (optional: on failure the
+        daemon goes on without it, and says why)."""
+        if not self.settings.http:
+            return
+        try:
+            from imgindex.web.server import WebServer
+
+            web = WebServer(
+                self.data_dir, self.settings.http, database=self.database, embedder=self.embedder
+            )
+            web.start()
+        except Exception as exc:
+            log.error("the web page is not served: %s", exc)
+            return
+        self.web = web
+        log.info("serving the %s", web.describe())
 
     def _install_signals(self) -> None:
         def stop(_signo: int, _frame: Any) -> None:

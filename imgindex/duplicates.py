@@ -50,6 +50,7 @@ class Member:
     kind: str
     distance: int | None
     host: str = ""
+    id: int = 0  # the image's id (its row)
 
 
 @dataclass(frozen=True)
@@ -236,6 +237,6 @@ def _group(
         if rows.has_phash[p] and rows.has_phash[first]:
             dist = int(_popcount(rows.phashes[[p]] ^ rows.phashes[[first]])[0])
         kind = "first" if p == first else "exact" if same else "near"
-        members.append(Member(rows.paths[p], cos, kind, dist, rows.hosts[p]))
+        members.append(Member(rows.paths[p], cos, kind, dist, rows.hosts[p], int(rows.ids[p])))
     rest = sorted(members[1:], key=lambda m: (-m.score, m.path))
     return Group([members[0], *rest], reason)

@@ -38,6 +38,9 @@ class DaemonSettings:
     embed_url: str = ""  # http://HOST:PORT of an `imgindex embed-server` ("": the local model)
     embed_token_file: str = ""  # absolute path of the service's token ("": $IMGINDEX_EMBED_TOKEN)
     embed_fallback: str = "local"  # local | wait: while the service is unreachable
+    keep: str = "largest"  # which duplicate is kept: largest | oldest | most-metadata
+    quarantine: str = ""  # absolute path: where set-aside duplicates go ("": say --quarantine)
+    http: str = ""  # HOST:PORT the daemon serves the web page on ("": none)
 
     def ignores(self, name: str) -> bool:
         return any(fnmatch.fnmatch(name, pattern) for pattern in self.ignore)
@@ -97,6 +100,18 @@ def check(name: str, value: Any, roots: Sequence[Path] = ()) -> Any:
         if value not in EMBED_FALLBACKS:
             raise ImgIndexError(f"embed_fallback {value!r}: expected local or wait")
         return value
+    if name == "keep":
+        from imgindex.quarantine import KEEP_POLICIES
+
+        if value not in KEEP_POLICIES:
+            raise ImgIndexError(f"keep {value!r}: expected {', '.join(KEEP_POLICIES)}")
+        return value
+    if name == "quarantine":
+        return _check_quarantine(value, roots)
+    if name == "http":
+        if value.strip():
+            parse_address(value)
+        return value.strip()
     if value not in VIEW_MODES:
         raise ImgIndexError(f"view_mode {value!r}: expected symlink or copy")
     return value
@@ -158,6 +173,26 @@ def _check_view_dir(value: str, roots: Sequence[Path]) -> str:
     except ImgIndexError as exc:
         raise ImgIndexError(f"view_dir {exc}") from None
     return value
+
+
+def _check_quarantine(value: str, roots: Sequence[Path]) -> str:
+    if not value.strip():
+        return ""
+    if not value.startswith("/"):
+        raise ImgIndexError(f"quarantine {value!r}: expected an absolute path, or ''")
+    from imgindex.quarantine import check_outside_roots
+
+    check_outside_roots("quarantine", Path(value), roots)
+    return value
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    """``(host, port)`` of ``HOST:PORT`` (``[::1]:PORT`` for IPv6; ``:PORT``: 127.0.0.1)."""
+    host, sep, port = value.strip().rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
+        raise ImgIndexError(f"http {value!r}: expected HOST:PORT, e.g. 127.0.0.1:8760")
+    return host, int(port)
 
 
 def _check_embed_url(value: str) -> str:

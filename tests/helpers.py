@@ -14,9 +14,10 @@ from typer.testing import CliRunner
 from imgindex.cli import app
 
 
-def cli(data_dir: Path, *args: str, code: int = 0) -> Any:
-    """Run ``imgindex --data-dir DATA ARGS``; assert its exit status; return the result."""
-    result = CliRunner().invoke(app, ["--data-dir", str(data_dir), *map(str, args)])
+def cli(data_dir: Path, *args: str, code: int = 0, input: str | None = None) -> Any:
+    """Run ``imgindex --data-dir DATA ARGS`` (``input``: its stdin); assert its exit status;
+    return the result."""
+    result = CliRunner().invoke(app, ["--data-dir", str(data_dir), *map(str, args)], input=input)
     if result.exception and not isinstance(result.exception, SystemExit):
         raise result.exception
     assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)

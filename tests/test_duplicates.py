@@ -90,7 +90,7 @@ def test_copies_are_grouped_with_their_original_and_nothing_else(copies):
 def test_json_members_first_then_by_score_with_kinds(copies):
     _, data = copies
     members = cli_json(data, "duplicates")[0]["members"]
-    assert all(set(m) == {"path", "score", "kind", "distance", "host"} for m in members)
+    assert all(set(m) == {"path", "score", "kind", "distance", "host", "id"} for m in members)
     # one host's library: '' on SQLite ("this machine"), the host's name on PostgreSQL
     assert {m["host"] for m in members} == {cli_json(data, "status")["host"]}
     first, rest = members[0], members[1:]

@@ -77,6 +77,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "imgindex.ingest",
             "imgindex.raypass",
             "imgindex.duplicates",
+            "imgindex.quarantine",
             "imgindex.atlas",
             "imgindex.export",
             "imgindex.report",
@@ -87,7 +88,14 @@ LAYERS: list[tuple[str, list[str]]] = [
     ),
     (
         "daemon parts",
-        ["imgindex.service", "imgindex.watch", "imgindex.settings", "imgindex.embedserver"],
+        [
+            "imgindex.service",
+            "imgindex.watch",
+            "imgindex.settings",
+            "imgindex.embedserver",
+            "imgindex.web",
+            "imgindex.web.*",
+        ],
     ),
     ("daemon", ["imgindex.daemon"]),
     ("cli", ["imgindex.cli"]),

@@ -91,14 +91,25 @@ def all_clusters(conn: Connection) -> list[Any]:
 
 
 def members(conn: Connection, cluster_id: int, limit: int | None = None) -> list[Any]:
-    """``(host, path, vector)`` of the (first ``limit``) indexed members of a cluster, of every
-    host, by id."""
+    """``(id, host, path, vector)`` of the (first ``limit``) indexed members of a cluster, of
+    every host, by id."""
     q = (
-        select(images.c.host, images.c.path, images.c.vector)
+        select(images.c.id, images.c.host, images.c.path, images.c.vector)
         .where(images.c.cluster_id == cluster_id, images.c.status == STATUS_INDEXED)
         .order_by(images.c.id)
     )
     return list(conn.execute(q.limit(limit) if limit else q).all())
+
+
+def member_page(conn: Connection, cluster_id: int, offset: int, limit: int) -> list[Any]:
+    """``(id, host, path)`` of one page of a cluster's indexed members, by id (no vectors
+    read: a page of a huge cluster costs what the page holds)."""
+    q = (
+        select(images.c.id, images.c.host, images.c.path)
+        .where(images.c.cluster_id == cluster_id, images.c.status == STATUS_INDEXED)
+        .order_by(images.c.id)
+    )
+    return list(conn.execute(q.offset(offset).limit(limit)).all())
 
 
 def label_counts(conn: Connection) -> list[tuple[int, int, int]]:

@@ -64,6 +64,50 @@ def find_by_id(conn: Connection, image_id: int) -> Any:
     return conn.execute(select(images).where(c.id == image_id)).first()
 
 
+def rows_by_ids(conn: Connection, ids: Sequence[int]) -> list[Any]:
+    """Every column of the rows of ``ids`` that exist (any host), by id."""
+    out: list[Any] = []
+    for i in range(0, len(ids), _CHUNK):
+        q = select(images).where(c.id.in_(list(ids[i : i + _CHUNK])))
+        out.extend(conn.execute(q).all())
+    return sorted(out, key=lambda r: r.id)
+
+
+def row_as_dict(conn: Connection, image_id: int) -> dict[str, Any] | None:
+    """Every column of row ``image_id`` by name, or None."""
+    found = conn.execute(select(images).where(c.id == image_id)).mappings().first()
+    return None if found is None else dict(found)
+
+
+def rows_by_hash(conn: Connection, content_hash: str | None) -> list[Any]:
+    """``(id, host, path, status)`` of every row with this content (none for None)."""
+    if not content_hash:
+        return []
+    q = select(c.id, c.host, c.path, c.status).where(c.content_hash == content_hash)
+    return list(conn.execute(q.order_by(c.id)).all())
+
+
+def ids_by_paths(conn: Connection, files: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """``{(host, path): id}`` of those of ``files`` that have a row."""
+    found: dict[tuple[str, str], int] = {}
+    paths = sorted({p for _, p in files})
+    wanted = set(files)
+    for i in range(0, len(paths), _CHUNK):
+        q = select(c.id, c.host, c.path).where(c.path.in_(paths[i : i + _CHUNK]))
+        for rid, host, path in conn.execute(q):
+            if (host, path) in wanted:
+                found[(host, path)] = rid
+    return found
+
+
+def restore_row(conn: Connection, row: dict[str, Any]) -> int:
+    """Insert a row as it was saved (every column but its id, which is new); returns its id."""
+    values = {k: v for k, v in row.items() if k != "id"}
+    key = conn.execute(images.insert().values(**values)).inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
 def find_indexed_by_hash(conn: Connection, content_hash: str | None, model: str) -> Any:
     """An indexed row of ``model`` with this content (what a copy of it can reuse), or None;
     of any host (its ``host`` says which)."""

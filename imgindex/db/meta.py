@@ -29,6 +29,7 @@ _EMBEDDED_TOTAL = "embedded_total"  # images embedded over the library's life
 _MOUNT_POINTS = "mount_points"  # JSON list of sub-folders of roots seen as mount points
 _DAEMON_STATUS = "status.daemon"  # JSON: what the running daemon publishes for `status`
 _DAEMON_PREFIX = "daemon."  # daemon.<name>: the daemon's settings, as the user wrote them
+_HTTP_PASSWORD = "http.password"  # scrypt$N$r$p$salt$hash of the web page's password
 _CACHE_PREFIX = "cache."  # cache.<file name>: an index file's record (JSON)
 _LOG_TRIMMED = "index_log_trimmed"  # index_log rows up to this seq were deleted
 _LOG_TRIMMED_XMIN = "index_log_trimmed_xmin"  # PostgreSQL: ... and of transactions below this
@@ -161,6 +162,18 @@ def daemon_settings(conn: Connection) -> dict[str, str]:
 
 def set_daemon_setting(conn: Connection, name: str, raw: str) -> None:
     _set(conn, _DAEMON_PREFIX + name, raw)
+
+
+def http_password(conn: Connection) -> str | None:
+    """The web page's password, as its salted hash (None: not set)."""
+    return _get(conn, _HTTP_PASSWORD)
+
+
+def set_http_password(conn: Connection, hashed: str | None) -> None:
+    if hashed is None:
+        _delete(conn, [_HTTP_PASSWORD])
+    else:
+        _set(conn, _HTTP_PASSWORD, hashed)
 
 
 # --- the FAISS cache --------------------------------------------------------------------------

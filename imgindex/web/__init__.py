@@ -1,0 +1,1 @@
+"""The web page and JSON API of a library (``imgindex serve``, ``imgindex daemon --http``)."""
