@@ -33,6 +33,12 @@ AUTO_INITS = 3
 AUTO_TOLERANCE = 0.03
 
 
+#: Groups of clusters (the second level) form from this many clusters on, between
+#: ``GROUPS_MIN`` and ``GROUPS_MAX`` of them (fewer when there are too few clusters).
+GROUP_FROM = 16
+GROUPS_MIN, GROUPS_MAX = 8, 40
+
+
 @dataclass
 class ClusterState:
     """What resuming ``partial_fit`` needs; row ``i`` of ``centers`` is cluster ``ids[i]``."""
@@ -192,3 +198,19 @@ def carry_names(
         if new not in out or brought > out[new][0]:
             out[new] = (brought, name)
     return {cid: name for cid, (_, name) in out.items()}
+
+
+def group_clusters(centers: np.ndarray, sizes: np.ndarray, seed: int = 0) -> np.ndarray | None:
+    """The group (0..g-1) of each cluster: g chosen by ``choose_k`` on the centres between
+    ``GROUPS_MIN`` and ``GROUPS_MAX`` (at most half the clusters), then a k-means of the
+    centres weighted by their sizes. None below ``GROUP_FROM`` clusters: no second level."""
+    k = len(centers)
+    if k < GROUP_FROM:
+        return None
+    top = min(GROUPS_MAX, k // 2)
+    g, _ = choose_k(centers, seed, list(range(min(GROUPS_MIN, top), top + 1)))
+    km = KMeans(n_clusters=g, init="k-means++", n_init=AUTO_INITS, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        km.fit(np.ascontiguousarray(centers, dtype=np.float32), sample_weight=sizes)
+    return np.asarray(km.labels_, dtype=np.int64)

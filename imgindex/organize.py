@@ -221,6 +221,7 @@ def consolidate(
         empty = np.empty(0)
         save_state(conn, State(np.empty(0, np.int64), np.empty((0, dim), np.float32), empty, empty))
         images.clear_clusters(conn)
+        meta.set_groups(conn, replace(meta.groups(conn), of={}, titles={}))
         return
     k = max(1, _choose_k(conn, k_setting, dim, n, rechoose, vectors))
     centers = cluster.fit_full(_sample(conn, dim, n, SAMPLE_FIT, vectors), k, seed=SEED)
@@ -235,6 +236,7 @@ def consolidate(
     k = len(used)
     new_ids = _stable_ids(conn, pos, old_ids, k)
     sizes = np.bincount(pos, minlength=k)
+    _regroup(conn, centers, sizes, new_ids, pos, old_ids)
     images.set_clusters(conn, ids, new_ids[pos])
     state = load_state(conn)
     n_steps = state.n_steps if state else 0
@@ -259,6 +261,42 @@ def _stable_ids(conn: Connection, pos: np.ndarray, old_ids: np.ndarray, k: int) 
     if names:
         set_names(conn, cluster.carry_names(overlap, previous, new_ids, names))
     return new_ids
+
+
+def _regroup(
+    conn: Connection,
+    centers: np.ndarray,
+    sizes: np.ndarray,
+    new_ids: np.ndarray,
+    pos: np.ndarray,
+    old_ids: np.ndarray,
+) -> None:
+    """Group the new clusters (``cluster.group_clusters``); group ids and names follow the
+    images like clusters' do. ``pos``: each image's new cluster (row), ``old_ids``: its
+    cluster id before (-1: none)."""
+    before = meta.groups(conn)
+    groups = cluster.group_clusters(centers, sizes, seed=SEED)
+    if groups is None:
+        meta.set_groups(conn, replace(before, of={}, titles={}))
+        return
+    old_group = np.array([before.of.get(int(c), -1) for c in old_ids], dtype=np.int64)
+    known = old_group >= 0
+    previous = np.unique(old_group[known])
+    g = int(groups.max()) + 1
+    overlap = np.zeros((len(previous), g), dtype=np.int64)
+    if len(previous):
+        np.add.at(overlap, (np.searchsorted(previous, old_group[known]), groups[pos[known]]), 1)
+    gids = cluster.match_ids(overlap, previous, before.next_id)
+    names = {gid: name for gid, t in before.titles.items() if (name := t.get("name"))}
+    kept = cluster.carry_names(overlap, previous, gids, names) if names else {}
+    meta.set_groups(
+        conn,
+        meta.Groups(
+            {int(c): int(gids[j]) for c, j in zip(new_ids, groups, strict=True)},
+            {int(gid): {"label": None, "name": kept.get(int(gid))} for gid in gids},
+            max(before.next_id, int(gids.max()) + 1),
+        ),
+    )
 
 
 def _reassign_all(

@@ -248,3 +248,55 @@ def test_tiny_libraries_get_sensible_clusters(tmp_path):
     assert lines[1].startswith("3 files: 2 embedded, 0 reused, 0 moved, 1 unchanged, 0 failed")
     sizes = sorted(c["size"] for c in cli_json(data, "clusters"))
     assert sum(sizes) == 3 and 0 not in sizes
+
+
+def test_groups_of_clusters_nest_each_theme_and_keep_ids_and_names_as_the_library_grows(tmp_path):
+    """20 clusters (10 themes of 2 scenes) form a second level: each theme's clusters in one
+    group, listed nested by `clusters --tree`, shown by `clusters show --group`; group ids and
+    names stay with their photos through a consolidation."""
+    from imgindex.library import Library
+
+    data = tmp_path / "data"
+    Library.create(data, [tmp_path / "offline"], k="20", model="thumbnail").close()
+    with Library.open(data) as lib:
+        dim = lib.dim
+    rng = np.random.default_rng(0)
+    scenes = {}
+    for t, theme in enumerate(rng.normal(size=(10, dim)) * 3):
+        step = rng.normal(size=dim)
+        scenes[f"t{t}s0"] = theme + 1.5 * step / np.linalg.norm(step)
+        scenes[f"t{t}s1"] = theme - 1.5 * step / np.linalg.norm(step)
+    _grow(data, "20", {s: (c, 20) for s, c in scenes.items()}, 1)
+
+    def themes() -> dict[str, int]:
+        """theme -> its group id (asserting each theme sits in one group, alone)."""
+        tree = cli_json(data, "clusters", "--list", "--tree")
+        out: dict[str, set] = {}
+        for g in tree:
+            for c in g["clusters"]:
+                shown = cli_json(data, "clusters", "show", str(c["id"]))["members"]
+                for m in shown:
+                    out.setdefault(m["path"].split("/")[-2][:-2], set()).add(g["id"])
+        assert all(len(v) == 1 for v in out.values()), out
+        found = {t: v.pop() for t, v in out.items()}
+        assert len(set(found.values())) == 10 and None not in found.values()
+        return found
+
+    before = themes()
+    flat = cli_json(data, "clusters")
+    assert len(flat) == 20 and all(c["group"] is not None for c in flat)
+    group = before["t3"]
+    cli(data, "clusters", "name", str(group), "Theme three", "--group")
+    shown = cli_json(data, "clusters", "show", str(group), "--group")
+    assert shown["name"] == "Theme three" and len(shown["clusters"]) == 2
+    assert {m["path"].split("/")[-2] for c in shown["clusters"] for m in c["members"]} == {
+        "t3s0",
+        "t3s1",
+    }
+    text = cli(data, "clusters", "--tree").stdout
+    assert f"group {group}: Theme three (40 images)" in text
+
+    _grow(data, "20", {s: (c, 5) for s, c in scenes.items()}, 2)  # +25 %: consolidated again
+    assert themes() == before
+    assert cli_json(data, "clusters", "show", str(group), "--group")["name"] == "Theme three"
+    cli(data, "clusters", "show", "999", "--group", code=1)
