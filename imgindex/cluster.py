@@ -102,8 +102,9 @@ def fit_full(sample: np.ndarray, k: int, seed: int = 0, n_init: int = 3) -> np.n
 
 def auto_candidates(n: int) -> list[int]:
     """Candidate k for ``n`` vectors: 2..10, then geometric steps of ``AUTO_STEP`` up to
-    ``n // AUTO_MIN_SIZE``; no fixed cap, the list grows with the library."""
-    top = n // AUTO_MIN_SIZE
+    ``n // AUTO_MIN_SIZE``; no fixed cap, the list grows with the library. A small library
+    may have clusters of 3 (up to k = 10)."""
+    top = max(n // AUTO_MIN_SIZE, min(n // 3, 10))
     out = list(range(2, min(top, 10) + 1))
     k = 10.0
     while True:
