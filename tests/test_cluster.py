@@ -295,6 +295,17 @@ def test_groups_of_clusters_nest_each_theme_and_keep_ids_and_names_as_the_librar
     }
     text = cli(data, "clusters", "--tree").stdout
     assert f"group {group}: Theme three (40 images)" in text
+    # the folder view nests group/cluster/photo (the photos' files are not there: an unmounted
+    # root, so the links dangle; their names are what counts)
+    view = tmp_path / "view"
+    cli(data, "clusters", "export", view)
+    links = [p.relative_to(view) for p in view.rglob("*.jpg")]
+    assert len(links) == 400 and all(len(p.parts) == 3 for p in links)
+    in_three = {p.parts[0] for p in links if p.parent.parent.name.startswith(f"g{group}-")}
+    assert in_three == {f"g{group}-Theme-three"}
+    assert {p.parts[1] for p in links if p.parts[0] == f"g{group}-Theme-three"} == {
+        str(c["id"]) for c in shown["clusters"]
+    }
 
     _grow(data, "20", {s: (c, 5) for s, c in scenes.items()}, 2)  # +25 %: consolidated again
     assert themes() == before
