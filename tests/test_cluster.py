@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import pytest
 from helpers import cli, cli_json, query, run_process
@@ -306,6 +309,22 @@ def test_groups_of_clusters_nest_each_theme_and_keep_ids_and_names_as_the_librar
     assert {p.parts[1] for p in links if p.parts[0] == f"g{group}-Theme-three"} == {
         str(c["id"]) for c in shown["clusters"]
     }
+
+    # the report: sheets in group order, each theme's two clusters side by side under their
+    # group, and one colour per group on the map
+    cli(data, "report", "-o", tmp_path / "r.html", "--thumbnails", "0")
+    html = (tmp_path / "r.html").read_text(encoding="utf-8")
+    blob = re.search(r'<script type="application/json" id="data">(.*?)</script>', html, re.S)
+    sheets = json.loads(blob.group(1))["clusters"]
+    order = [c["group"]["id"] for c in sheets]
+    assert len(order) == 20 and order == [g for g in order[::2] for _ in range(2)]
+    assert len(set(order)) == 10
+    assert (
+        len({(c["group"]["id"], c["color"]) for c in sheets})
+        == len({c["color"] for c in sheets})
+        == 10
+    )
+    assert [c["group"]["name"] for c in sheets if c["group"]["id"] == group] == ["Theme three"] * 2
 
     _grow(data, "20", {s: (c, 5) for s, c in scenes.items()}, 2)  # +25 %: consolidated again
     assert themes() == before
