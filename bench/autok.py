@@ -1,6 +1,8 @@
 """Choosing k for ``k = auto``: candidate criteria side by side on real vectors.
 
-    python bench/autok.py [--cache /tmp/imgindex-autok/caltech-dev.npz] [--cost 10000 100000]
+    python bench/autok.py [--tables criteria ingest] [--cost 10000 100000] [--cache FILE]
+
+(``--tables`` with no name: no caltech table; ``--cost`` with no size: no cost table.)
 
 caltech-dev is embedded once with the default model (``efficientnet_lite0``) and the vectors
 are cached under /tmp (made here when the cache is missing). Sets: all 20 categories and
@@ -158,6 +160,23 @@ def criteria(x: np.ndarray, truth: np.ndarray) -> tuple[dict[str, int], dict[int
     for k in set(picked.values()) - set(nmis):
         nmis[k] = nmi(truth, cluster.assign(cluster.fit_full(x, k, n_init=3), x))
     return picked, nmis
+
+
+def best_fixed(x: np.ndarray, labels: np.ndarray, cats: list[str]) -> tuple[int, float]:
+    """The fixed k (of the candidates up to 80) whose consolidation has the best NMI."""
+    from sklearn.metrics import normalized_mutual_info_score as nmi
+
+    from imgindex import cluster
+
+    keep = np.isin(labels, cats)
+    sub, truth = x[keep], labels[keep]
+    nmis = {
+        k: nmi(truth, cluster.assign(cluster.fit_full(sub, k, n_init=cluster.AUTO_INITS), sub))
+        for k in cluster.auto_candidates(len(sub))
+        if k <= 80
+    }
+    best = max(nmis, key=lambda k: nmis[k])
+    return best, nmis[best]
 
 
 def criteria_table(x: np.ndarray, labels: np.ndarray) -> dict[str, tuple[int, float]]:
@@ -323,15 +342,21 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache", type=Path, default=CACHE)
     ap.add_argument("--cost", type=int, nargs="*", default=[10_000, 100_000])
-    ap.add_argument("--skip-quality", action="store_true", help="only the cost table")
+    ap.add_argument(
+        "--tables", nargs="*", default=["criteria", "ingest"], help="criteria, ingest (or none)"
+    )
     args = ap.parse_args()
-    if not args.skip_quality:
+    if args.tables:
         from threadpoolctl import threadpool_limits
 
         x, labels = corpus_vectors(args.cache)
         with threadpool_limits(1):  # small k-means: threads only contend on a shared machine
-            bests = criteria_table(x, labels)
-            ingest_table(x, labels, bests)
+            if "criteria" in args.tables:
+                bests = criteria_table(x, labels)
+            else:
+                bests = {name: best_fixed(x, labels, cats) for name, cats in subsets(labels)}
+            if "ingest" in args.tables:
+                ingest_table(x, labels, bests)
     if args.cost:
         cost_table(args.cost)
 

@@ -203,7 +203,7 @@ def init(
     ctx: typer.Context,
     dirs: Annotated[list[Path], typer.Argument(help="Photo folders (roots) to index.")],
     k: Annotated[
-        str | None, typer.Option("--k", help="Number of clusters, or 'auto' (silhouette).")
+        str | None, typer.Option("--k", help="Number of clusters, or 'auto' (by silhouette).")
     ] = None,
     model: Annotated[
         str | None, typer.Option(help="Embedding model (see `imgindex models`).")

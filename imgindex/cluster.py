@@ -25,8 +25,10 @@ AUTO_STEP = 1.1
 #: twice the best k and past ``AUTO_MIN_SEARCH`` (scores dip after k = 2 before they climb).
 AUTO_PATIENCE = 6
 AUTO_MIN_SEARCH = 30
-#: k-means++ runs per candidate (the best inertia is scored).
+#: k-means++ runs per candidate (the best inertia is scored); one past ``AUTO_INITS_UP_TO``,
+#: where the search's cost is (many clusters of a big sample average the noise out).
 AUTO_INITS = 3
+AUTO_INITS_UP_TO = 50
 #: Of the candidates scoring within this share of the best, the largest k is chosen: one
 #: k-means run per k makes the scores noisy, and merging two real groups costs a browser (and
 #: NMI) more than splitting one.
@@ -143,7 +145,8 @@ def choose_k(
     scores: dict[int, float] = {}
     best, behind = candidates[0], 0
     for k in candidates:
-        scores[k] = centroid_silhouette(x, fit_full(x, k, seed=seed, n_init=AUTO_INITS))
+        inits = AUTO_INITS if k <= AUTO_INITS_UP_TO else 1
+        scores[k] = centroid_silhouette(x, fit_full(x, k, seed=seed, n_init=inits))
         if scores[k] > scores[best]:
             best, behind = k, 0
         else:
