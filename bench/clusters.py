@@ -58,6 +58,7 @@ def one_batch(lib: Library, batch: int, dim: int, seed: int) -> float:
             rows = [
                 {
                     "path": f"{prefix}{i}.jpg",
+                    "host": lib.host,
                     "root_id": 2,
                     "size": 1,
                     "mtime_ns": 1,

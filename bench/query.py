@@ -71,6 +71,7 @@ def build(root: Path, n: int, dim: int) -> tuple[Path, Path, float]:
                 images.insert(),
                 [
                     {
+                        "host": lib.host,
                         "path": f"{offline}/{start + i}.jpg",
                         "root_id": 2,
                         "size": 1,
@@ -86,6 +87,7 @@ def build(root: Path, n: int, dim: int) -> tuple[Path, Path, float]:
         st = photo.stat()
         conn.execute(
             images.insert().values(
+                host=lib.host,
                 path=str(photo),
                 root_id=1,
                 size=st.st_size,

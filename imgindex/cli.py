@@ -209,7 +209,7 @@ def init(
     ctx: typer.Context,
     dirs: Annotated[list[Path], typer.Argument(help="Photo folders (roots) to index.")],
     k: Annotated[
-        str | None, typer.Option("--k", help="Number of clusters, or 'auto' (silhouette).")
+        str | None, typer.Option("--k", help="Number of clusters, or 'auto' (by silhouette).")
     ] = None,
     model: Annotated[
         str | None, typer.Option(help="Embedding model (see `imgindex models`).")
@@ -590,45 +590,72 @@ def _print_outcomes(done: list[Any], as_json: bool, verb: str) -> None:
 def clusters(
     ctx: typer.Context,
     list_: Annotated[bool, typer.Option("--list", help="List the clusters (the default).")] = False,
+    tree: Annotated[
+        bool, typer.Option("--tree", help="Clusters nested in their groups (--json: nested too).")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """List clusters with their sizes and representative images."""
     if ctx.invoked_subcommand is not None:
         return
-    from imgindex.clusterstore import list_clusters
+    from imgindex.clusterstore import cluster_tree, display_name, list_clusters
 
     with _open(ctx) as lib:
-        rows = list_clusters(lib.engine, lib.dim)
+        rows = (cluster_tree if tree else list_clusters)(lib.engine, lib.dim)
     if as_json:
         _echo_json(rows)
         return
     if not rows:
         typer.echo("no clusters yet: run `imgindex index`", err=True)
-    from imgindex.clusterstore import display_name
+
+    def line(row: dict[str, Any], indent: str = "") -> str:
+        title = display_name(row["id"], row)
+        return f"{indent}{row['id']:>4}  {row['size']:>7}  {names.printable(title)}  " + "  ".join(
+            map(names.shown, row["representatives"])
+        )
 
     for row in rows:
-        title = display_name(row["id"], row)
-        typer.echo(
-            f"{row['id']:>4}  {row['size']:>7}  {names.printable(title)}  "
-            + "  ".join(map(names.shown, row["representatives"]))
-        )
+        if not tree:
+            typer.echo(line(row))
+            continue
+        title = "no group" if row["id"] is None else _group_title(row["id"], row)
+        heading = "" if row["id"] is None else f"group {row['id']}: "
+        typer.echo(f"{heading}{names.printable(title)} ({row['size']} images)")
+        for c in row["clusters"]:
+            typer.echo(line(c, "  "))
+
+
+def _group_title(group_id: int, row: dict[str, Any]) -> str:
+    return row.get("name") or row.get("label") or f"group {group_id}"
 
 
 @clusters_app.command("show")
 def clusters_show(
     ctx: typer.Context,
     cluster_id: ClusterId,
+    group: Annotated[bool, typer.Option("--group", help="ID is a group of clusters.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Every member of cluster ID, nearest to its centre first."""
-    from imgindex.clusterstore import show_cluster
+    """Every member of cluster ID (or of each cluster of group ID), nearest to its centre
+    first."""
+    from imgindex.clusterstore import display_name, show_cluster, show_group
 
     with _open(ctx) as lib:
-        data = show_cluster(lib.engine, cluster_id, lib.dim)
+        data = (show_group if group else show_cluster)(lib.engine, cluster_id, lib.dim)
     if as_json:
         _echo_json(data)
         return
-    from imgindex.clusterstore import display_name
+    if group:
+        typer.echo(
+            f"group {data['id']} ({names.printable(_group_title(data['id'], data))}): "
+            f"{data['size']} images in {len(data['clusters'])} clusters",
+            err=True,
+        )
+        for c in data["clusters"]:
+            typer.echo(f"# cluster {c['id']} ({names.printable(display_name(c['id'], c))})")
+            for m in c["members"]:
+                typer.echo(names.shown(m["path"]))
+        return
 
     typer.echo(
         f"cluster {data['id']} ({names.printable(display_name(data['id'], data))}): "
@@ -645,15 +672,16 @@ def clusters_name(
     cluster_id: ClusterId,
     name: Annotated[str | None, typer.Argument(help="The name, e.g. 'Beach 2024'.")] = None,
     clear: Annotated[bool, typer.Option("--clear", help="Remove the name.")] = False,
+    group: Annotated[bool, typer.Option("--group", help="ID is a group of clusters.")] = False,
 ) -> None:
-    """Give cluster ID a name of your own; it follows the cluster through updates."""
-    from imgindex.clusterstore import name_cluster
+    """Give cluster (or group) ID a name of your own; it follows its photos through updates."""
+    from imgindex.clusterstore import name_cluster, name_group
 
     if (name is None) == (not clear):
         raise ImgIndexError("give a NAME, or --clear to remove the cluster's name")
     with _open(ctx) as lib:
         _require_writable(lib)
-        name_cluster(lib.engine, cluster_id, None if clear else name)
+        (name_group if group else name_cluster)(lib.engine, cluster_id, None if clear else name)
 
 
 @clusters_app.command("export")

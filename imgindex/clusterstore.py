@@ -6,12 +6,12 @@ written by :mod:`imgindex.db.clusters`.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 import numpy as np
 
-from imgindex.db import Connection, Engine
+from imgindex.db import Connection, Engine, meta
 from imgindex.db import clusters as stored
 from imgindex.db.images import blob_to_vector
 from imgindex.errors import ImgIndexError, NotInLibrary
@@ -56,17 +56,29 @@ def refresh_labels(conn: Connection) -> None:
     counts: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for cid, label, n in stored.label_counts(conn):
         counts[cid].append((n, label))
-    labels: dict[int, str | None] = {}
-    for cid in stored.ids(conn):
-        top = sorted(counts.get(cid, []), reverse=True)
+
+    def title_of(pairs: list[tuple[int, int]]) -> str | None:
+        top = sorted(pairs, reverse=True)
         total = sum(n for n, _ in top)
         names = [
             imagenet_label(c)
             for i, (n, c) in enumerate(top[:2])
             if not i or n >= LABEL_SHARE * total
         ]
-        labels[cid] = " · ".join(names) or None
+        return " · ".join(names) or None
+
+    labels = {cid: title_of(counts.get(cid, [])) for cid in stored.ids(conn)}
     stored.set_labels(conn, labels)
+    groups = meta.groups(conn)
+    if groups.titles:
+        by_group: dict[int, Counter] = defaultdict(Counter)
+        for cid, pairs in counts.items():
+            if cid in groups.of:
+                for n, c in pairs:
+                    by_group[groups.of[cid]][c] += n
+        for gid, title in groups.titles.items():
+            title["label"] = title_of([(n, c) for c, n in by_group[gid].items()])
+        meta.set_groups(conn, groups)
 
 
 def name_cluster(engine: Engine, cluster_id: int, name: str | None) -> None:
@@ -103,6 +115,7 @@ def list_clusters(
     out = []
     with engine.connect() as conn:
         named = stored.titles(conn)
+        group_of = meta.groups(conn).of
         for row in stored.all_clusters(conn):
             centroid = blob_to_vector(row.centroid)
             files, vecs = _members(conn, row.id, dim, limit=scan_limit)
@@ -114,6 +127,7 @@ def list_clusters(
                     "name": title.get("name"),
                     "label": title.get("label"),
                     "size": row.size,
+                    "group": group_of.get(row.id),
                     "representatives": [r["path"] for r in reps],
                     "representative_ids": [r["id"] for r in reps],
                 }
@@ -134,3 +148,65 @@ def show_cluster(engine: Engine, cluster_id: int, dim: int) -> dict[str, Any]:
         "size": len(files),
         "members": _nearest_first(files, vecs, blob_to_vector(row.centroid)),
     }
+
+
+# --- groups of clusters (the second level) -----------------------------------------------------
+
+
+def cluster_tree(engine: Engine, dim: int, representatives: int = 3) -> list[dict[str, Any]]:
+    """Groups, largest first, each with its clusters (``list_clusters`` rows, largest first);
+    clusters outside any group (a library too small for groups) under one ``id`` None."""
+    rows = list_clusters(engine, dim, representatives)
+    with engine.connect() as conn:
+        titles = meta.groups(conn).titles
+    by_group: dict[int | None, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_group[row["group"]].append(row)
+    out = []
+    for gid, members in by_group.items():
+        title = titles.get(gid, {}) if gid is not None else {}
+        out.append(
+            {
+                "id": gid,
+                "name": title.get("name"),
+                "label": title.get("label"),
+                "size": sum(c["size"] for c in members),
+                "clusters": sorted(members, key=lambda c: -c["size"]),
+            }
+        )
+    return sorted(out, key=lambda g: -g["size"])
+
+
+def _require_group(conn: Connection, group_id: int) -> meta.Groups:
+    groups = meta.groups(conn)
+    if group_id not in groups.titles:
+        known = ", ".join(map(str, sorted(groups.titles))) or "none yet (too few clusters)"
+        raise NotInLibrary(f"no group {group_id}; existing groups: {known}")
+    return groups
+
+
+def show_group(engine: Engine, group_id: int, dim: int) -> dict[str, Any]:
+    """A group's clusters, largest first, each with all its members nearest its centre
+    first."""
+    with engine.connect() as conn:
+        groups = _require_group(conn, group_id)
+        cids = [cid for cid, gid in groups.of.items() if gid == group_id]
+    shown = sorted((show_cluster(engine, cid, dim) for cid in cids), key=lambda c: -c["size"])
+    title = groups.titles[group_id]
+    return {
+        "id": group_id,
+        "name": title.get("name"),
+        "label": title.get("label"),
+        "size": sum(c["size"] for c in shown),
+        "clusters": shown,
+    }
+
+
+def name_group(engine: Engine, group_id: int, name: str | None) -> None:
+    """Give a group a name of the user's own (None: back to its label)."""
+    with engine.begin() as conn:
+        groups = _require_group(conn, group_id)
+        if name is not None and not name.strip():
+            raise ImgIndexError("a group name cannot be empty; use --clear to remove one")
+        groups.titles[group_id]["name"] = name
+        meta.set_groups(conn, groups)

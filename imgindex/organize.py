@@ -23,7 +23,7 @@ import numpy as np
 from imgindex import cluster
 from imgindex.clusterstore import refresh_labels
 from imgindex.db import Connection, images, meta
-from imgindex.db.clusters import State, load_state, save_state
+from imgindex.db.clusters import State, load_state, save_state, set_names, titles
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,8 @@ FIRST_FIT = 64  # vectors needed before clusters form during a run (a drain form
 GROWTH_RATIO = 2.0  # consolidate during a run when the library doubles
 REFRESH_RATIO = 0.1  # consolidate at a drain when the library changed by more than 10 %
 SAMPLE_FIT = 50_000  # vectors used by a consolidation's batch k-means
-SAMPLE_K = 2_000  # vectors used to choose k by silhouette
+SAMPLE_K = 5_000  # vectors used to choose k (``cluster.choose_k``)
+RECHOOSE_RATIO = 0.1  # auto: re-choose k at a drain when the library changed by more than 10 %
 REASSIGN_MAX = 50_000  # beyond this many images, drains leave assignments to consolidations
 SEED = 0
 
@@ -100,32 +101,53 @@ def fixed_k(k_setting: str, n: int) -> int:
     return n if n < 2 else max(1, min(int(k_setting), n // 2))
 
 
+def _due(chosen: meta.AutoK | None, n: int) -> bool:
+    """Whether ``auto`` should choose k again: never chosen, or the library changed by more
+    than ``RECHOOSE_RATIO`` since."""
+    return chosen is None or abs(n - chosen.at) > RECHOOSE_RATIO * max(chosen.at, 1)
+
+
 def _target_k(conn: Connection, k_setting: str, n: int) -> int:
-    """k for ``n`` vectors: the setting (capped, see ``fixed_k``), or the last silhouette
-    choice."""
+    """k for ``n`` vectors: the setting (capped, see ``fixed_k``), or the last automatic
+    choice (-1: due to be chosen again)."""
     if k_setting != "auto":
         return fixed_k(k_setting, n)
     chosen = meta.auto_k(conn)
-    if chosen is None or n >= 2 * chosen.at:
-        return -1  # (re)choose by silhouette now
+    if chosen is None or _due(chosen, n):
+        return -1
     return min(chosen.k, n)
 
 
-def _choose_k(conn: Connection, k_setting: str, dim: int, n: int, rechoose: bool) -> int:
-    """k for a consolidation. ``auto`` re-runs the silhouette search when the library has
-    doubled since the last choice, but only when ``rechoose`` (at a drain): mid-run it keeps
-    the last choice, or a provisional sqrt(n/2), so a big first run is not slowed by it."""
+def _choose_k(
+    conn: Connection,
+    k_setting: str,
+    dim: int,
+    n: int,
+    rechoose: bool,
+    vectors: tuple[np.ndarray, np.ndarray] | None = None,
+) -> int:
+    """k for a consolidation. ``auto`` searches again (``rechoose_k``) when the library
+    changed by more than ``RECHOOSE_RATIO`` since the last choice, but only when ``rechoose``
+    (at a drain, off the ingest path): mid-run it keeps the last choice, or a provisional
+    sqrt(n/2), so a batch never pays for the search."""
     if k_setting != "auto":
         return fixed_k(k_setting, n)
     chosen = meta.auto_k(conn)
-    if chosen is not None and chosen.k <= n and (not rechoose or n < 2 * chosen.at):
+    if chosen is not None and chosen.k <= n and (not rechoose or not _due(chosen, n)):
         return chosen.k
     if not rechoose:
-        return max(1, min(n, round((n / 2) ** 0.5), cluster.AUTO_K_CANDIDATES[-1]))
-    sample = _sample(conn, dim, n, SAMPLE_K)
+        return max(1, min(n, round((n / 2) ** 0.5)))
+    return rechoose_k(conn, dim, n, vectors)
+
+
+def rechoose_k(
+    conn: Connection, dim: int, n: int, vectors: tuple[np.ndarray, np.ndarray] | None = None
+) -> int:
+    """Choose k on a sample of ``SAMPLE_K`` vectors (``cluster.choose_k``) and record it."""
+    sample = _sample(conn, dim, n, SAMPLE_K, vectors)
     k, scores = cluster.choose_k(sample, seed=SEED)
     meta.set_auto_k(conn, meta.AutoK(k, n, scores, len(sample)))
-    log.info("chose k=%d by silhouette on %d vectors", k, len(sample))
+    log.info("chose k=%d by centroid silhouette on %d vectors", k, len(sample))
     return k
 
 
@@ -199,8 +221,9 @@ def consolidate(
         empty = np.empty(0)
         save_state(conn, State(np.empty(0, np.int64), np.empty((0, dim), np.float32), empty, empty))
         images.clear_clusters(conn)
+        meta.set_groups(conn, replace(meta.groups(conn), of={}, titles={}))
         return
-    k = max(1, _choose_k(conn, k_setting, dim, n, rechoose))
+    k = max(1, _choose_k(conn, k_setting, dim, n, rechoose, vectors))
     centers = cluster.fit_full(_sample(conn, dim, n, SAMPLE_FIT, vectors), k, seed=SEED)
     all_ids, positions, old = [], [], []
     for ids, vecs, cids in _chunks(conn, dim, vectors):
@@ -213,6 +236,7 @@ def consolidate(
     k = len(used)
     new_ids = _stable_ids(conn, pos, old_ids, k)
     sizes = np.bincount(pos, minlength=k)
+    _regroup(conn, centers, sizes, new_ids, pos, old_ids)
     images.set_clusters(conn, ids, new_ids[pos])
     state = load_state(conn)
     n_steps = state.n_steps if state else 0
@@ -223,15 +247,56 @@ def consolidate(
 
 
 def _stable_ids(conn: Connection, pos: np.ndarray, old_ids: np.ndarray, k: int) -> np.ndarray:
+    """Ids (and users' names) that follow the images (``cluster.match_ids``,
+    ``cluster.carry_names``)."""
     known = old_ids >= 0
     previous = np.unique(old_ids[known])
     next_id = meta.next_cluster_id(conn)
     overlap = np.zeros((len(previous), k), dtype=np.int64)
     if len(previous):
         np.add.at(overlap, (np.searchsorted(previous, old_ids[known]), pos[known]), 1)
-    new_ids = cluster.match_ids(overlap, previous, np.bincount(pos, minlength=k), next_id)
+    new_ids = cluster.match_ids(overlap, previous, next_id)
     meta.set_next_cluster_id(conn, max(next_id, int(new_ids.max()) + 1))
+    names = {cid: t["name"] for cid, t in titles(conn).items() if t["name"]}
+    if names:
+        set_names(conn, cluster.carry_names(overlap, previous, new_ids, names))
     return new_ids
+
+
+def _regroup(
+    conn: Connection,
+    centers: np.ndarray,
+    sizes: np.ndarray,
+    new_ids: np.ndarray,
+    pos: np.ndarray,
+    old_ids: np.ndarray,
+) -> None:
+    """Group the new clusters (``cluster.group_clusters``); group ids and names follow the
+    images like clusters' do. ``pos``: each image's new cluster (row), ``old_ids``: its
+    cluster id before (-1: none)."""
+    before = meta.groups(conn)
+    groups = cluster.group_clusters(centers, sizes, seed=SEED)
+    if groups is None:
+        meta.set_groups(conn, replace(before, of={}, titles={}))
+        return
+    old_group = np.array([before.of.get(int(c), -1) for c in old_ids], dtype=np.int64)
+    known = old_group >= 0
+    previous = np.unique(old_group[known])
+    g = int(groups.max()) + 1
+    overlap = np.zeros((len(previous), g), dtype=np.int64)
+    if len(previous):
+        np.add.at(overlap, (np.searchsorted(previous, old_group[known]), groups[pos[known]]), 1)
+    gids = cluster.match_ids(overlap, previous, before.next_id)
+    names = {gid: name for gid, t in before.titles.items() if (name := t.get("name"))}
+    kept = cluster.carry_names(overlap, previous, gids, names) if names else {}
+    meta.set_groups(
+        conn,
+        meta.Groups(
+            {int(c): int(gids[j]) for c, j in zip(new_ids, groups, strict=True)},
+            {int(gid): {"label": None, "name": kept.get(int(gid))} for gid in gids},
+            max(before.next_id, int(gids.max()) + 1),
+        ),
+    )
 
 
 def _reassign_all(

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from imgindex.db import images
+from imgindex.db import images, meta
 from imgindex.db.schema import STATUS_FAILED, STATUS_INDEXED, STATUS_PENDING
 from imgindex.errors import ImgIndexError
 
@@ -184,12 +184,29 @@ def gather(lib: Any, thumbs_max: int = THUMBS_MAX, sheet_size: int = SHEET_SIZE)
         centers = dict(zip(state.ids.tolist(), state.centers, strict=True)) if state else {}
         sheets = nearest_members(conn, lib.dim, centers, sheet_size)
         named = titles(conn)
+        groups = meta.groups(conn)
         scores = silhouette(conn, lib.dim, lib.k_setting)
     sizes: dict[int, int] = {}
     for r in rows:
         cid = r.cluster_id if r.cluster_id in centers else -1
         sizes[cid] = sizes.get(cid, 0) + 1
-    order = sorted(sizes, key=lambda c: (c < 0, -sizes[c], c))
+    # by group (largest first; a library too small for groups has none), then by size
+    group_size: dict[int, int] = {}
+    for cid, n in sizes.items():
+        if cid in groups.of:
+            group_size[groups.of[cid]] = group_size.get(groups.of[cid], 0) + n
+    group_rank = {g: i for i, g in enumerate(sorted(group_size, key=lambda g: (-group_size[g], g)))}
+
+    def rank(cid: int) -> int:
+        return group_rank.get(groups.of.get(cid, -1), len(group_rank))
+
+    order = sorted(sizes, key=lambda c: (c < 0, rank(c), -sizes[c], c))
+    palette = colours(len(order), sizes.get(-1))
+    if group_rank:  # the map's colour is the group: clusters of one group share it
+        by_group = colours(len(group_rank))
+        palette = [
+            by_group[rank(c)] if c in groups.of else p for c, p in zip(order, palette, strict=True)
+        ]
     slot = {cid: i for i, cid in enumerate(order)}
     points = _points(rows, atlas.xy[[where[r.id] for r in rows]], slot)
     index_of = {r.id: i for i, r in enumerate(rows)}
@@ -207,8 +224,9 @@ def gather(lib: Any, thumbs_max: int = THUMBS_MAX, sheet_size: int = SHEET_SIZE)
                 "size": sizes[cid],
                 "color": colour,
                 "members": [index_of[i] for i in sheets.get(cid, []) if i in index_of],
+                "group": _group(groups, cid),
             }
-            for cid, colour in zip(order, colours(len(order), sizes.get(-1)), strict=True)
+            for cid, colour in zip(order, palette, strict=True)
         ],
         "silhouette": scores,
         "summary": {
@@ -221,6 +239,15 @@ def gather(lib: Any, thumbs_max: int = THUMBS_MAX, sheet_size: int = SHEET_SIZE)
             "map": _map_note(atlas.method, atlas.sampled, len(rows)),
         },
     }
+
+
+def _group(groups: Any, cid: int) -> dict[str, Any] | None:
+    """``{"id", "name"}`` of the cluster's group (None: none)."""
+    if cid not in groups.of:
+        return None
+    gid = groups.of[cid]
+    title = groups.titles.get(gid, {})
+    return {"id": gid, "name": title.get("name") or title.get("label") or f"group {gid}"}
 
 
 def _points(rows: list, xy: np.ndarray, slot: dict[int, int]) -> dict[str, list]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from imgindex import fsafe
-from imgindex.db import Connection, images
+from imgindex.db import Connection, images, meta
 from imgindex.db.clusters import titles
 from imgindex.errors import ImgIndexError
 
@@ -87,6 +87,12 @@ def folder_name(cluster_id: int, title: dict[str, str | None] | None) -> str:
     return f"{cluster_id}-{slug}" if slug else str(cluster_id)
 
 
+def _folders(rel: str) -> set[str]:
+    """Every folder above an entry: ``g1-x/2-y/a.jpg`` -> ``{g1-x, g1-x/2-y}``."""
+    parts = rel.split("/")[:-1]
+    return {"/".join(parts[: i + 1]) for i in range(len(parts))}
+
+
 def numbered(name: str, n: int) -> str:
     """``IMG.jpg`` -> ``IMG (n).jpg``, the stem shortened to keep within NAME_MAX bytes."""
     if n == 1:
@@ -123,6 +129,7 @@ def plan(conn: Connection, view_dir: Path, old: Manifest, kind: str) -> dict[str
     """The wanted entries. Members keep the names they had in their cluster; new ones get
     their own file name, numbered on collisions in path order (deterministic)."""
     names = titles(conn)
+    groups = meta.groups(conn)
     had = {(e.cluster, e.source): rel.rpartition("/")[2] for rel, e in old.entries.items()}
     by_cluster: dict[int, list[Any]] = {}
     for row in images.clustered_files(conn):
@@ -130,6 +137,9 @@ def plan(conn: Connection, view_dir: Path, old: Manifest, kind: str) -> dict[str
     wanted: dict[str, Entry] = {}
     for cid, rows in by_cluster.items():
         folder = folder_name(cid, names.get(cid))
+        if cid in groups.of:  # nested in its group: g<group id>-<slug>/<cluster folder>
+            gid = groups.of[cid]
+            folder = f"g{folder_name(gid, groups.titles.get(gid))}/{folder}"
         keep = [(r, had[cid, r.path]) for r in rows if (cid, r.path) in had]
         fresh = [(r, os.path.basename(r.path)) for r in rows if (cid, r.path) not in had]
         taken = _foreign(view_dir, folder, old) if fresh else set()
@@ -232,7 +242,7 @@ def _same(old: Entry, new: Entry) -> bool:
 
 def _make(path: Path, e: Entry) -> Entry:
     """Create the link or copy; FileExistsError when the name is taken."""
-    path.parent.mkdir(exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     if e.kind == "link":
         os.symlink(e.source, path)
         return e
@@ -258,7 +268,7 @@ def _remove(path: Path, e: Entry, report: ViewReport) -> None:
 
 def _prune(view_dir: Path, folders: set[str]) -> None:
     """Remove view folders that are empty now (ones holding others' files stay)."""
-    for folder in folders:
+    for folder in sorted(folders, key=lambda f: -f.count("/")):  # inner folders first
         try:
             (view_dir / folder).rmdir()
         except FileNotFoundError:
@@ -284,7 +294,7 @@ def apply(
         same = {rel for rel in same if is_ours(view_dir / rel, old.entries[rel])}
     drop = {rel: e for rel, e in old.entries.items() if rel not in same}
     make = {rel: e for rel, e in wanted.items() if rel not in same}
-    folders = {rel.partition("/")[0] for rel in wanted}
+    folders = {f for rel in wanted for f in _folders(rel)}
     if not drop and not make and folders == old.folders:
         return old
     others = {f for f in folders - old.folders if (view_dir / f).is_dir()}  # not made by us
@@ -303,7 +313,7 @@ def apply(
         done.update(_place(view_dir, rel, e, drop, reuse.pop(e.source, None), report, claimed))
     for old_rel in reuse.values():
         _remove(view_dir / old_rel, drop[old_rel], report)
-    kept = {rel.partition("/")[0] for rel in done}
+    kept = {f for rel in done for f in _folders(rel)}
     _prune(view_dir, (old.folders | folders) - others - kept)
     result = Manifest(done, kept)
     write_manifest(view_dir, result)
@@ -332,7 +342,7 @@ def _place(
             and not os.path.lexists(path)
             and is_ours(view_dir / old_rel, old)
         ):
-            path.parent.mkdir(exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             os.rename(view_dir / old_rel, path)
             report.moved += 1
             return {rel: old}
@@ -410,18 +420,23 @@ def export(
     return report
 
 
+def _all_titles(conn: Connection) -> Any:
+    """Clusters' and groups' names and labels: the view's folder names change with them."""
+    return titles(conn), meta.groups(conn).titles
+
+
 class ViewKeeper:
     """The daemon's view: updated after each drain, or when cluster names change; errors
     are logged (once per distinct message), never raised."""
 
     def __init__(self) -> None:
         self.verify = True  # check every entry on disk at the next update
-        self._titles: dict[int, Any] | None = None
+        self._titles: Any = None
         self._error = ""
 
     def titles_changed(self, lib: Any) -> bool:
         with lib.engine.connect() as conn:
-            return titles(conn) != self._titles
+            return _all_titles(conn) != self._titles
 
     def update(
         self, lib: Any, view_dir: str, mode: str, progress: Callable[[], Any] | None = None
@@ -430,7 +445,7 @@ class ViewKeeper:
             return None
         try:
             with lib.engine.connect() as conn:
-                current = titles(conn)
+                current = _all_titles(conn)
             report = export(
                 lib, Path(view_dir), mode, create=False, verify=self.verify, progress=progress
             )

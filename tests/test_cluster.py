@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import pytest
 from helpers import cli, cli_json, query, run_process
@@ -46,14 +49,23 @@ def test_partial_fit_resumed_from_stored_arrays_matches_one_uninterrupted_model(
     assert state.n_steps == 8
 
 
-def test_match_ids_keeps_ids_of_clusters_that_mostly_keep_their_images():
-    # old cluster 7 -> new 1 (all), old 9 -> new 0 (most), new 2 is made of leftovers
+def test_match_ids_follow_the_images_through_splits_and_merges():
+    # old 7 -> new 1 (all), old 9 -> new 0 (most); new 2 is made of leftovers: a fresh id
     overlap = np.array([[0, 50, 0], [40, 0, 5]])
-    ids = cluster.match_ids(overlap, np.array([7, 9]), np.array([40, 50, 30]), next_id=10)
-    assert ids.tolist() == [9, 7, 10]
-    # a new cluster whose images came mostly from elsewhere gets a fresh id
-    ids = cluster.match_ids(np.array([[3, 0]]), np.array([4]), np.array([10, 5]), next_id=5)
-    assert ids.tolist() == [5, 6]
+    assert cluster.match_ids(overlap, np.array([7, 9]), next_id=10).tolist() == [9, 7, 10]
+    # old 4 split 30/20: the id stays on the larger part
+    assert cluster.match_ids(np.array([[20, 30]]), np.array([4]), 5).tolist() == [5, 4]
+    # old 3 (10 images) and old 8 (90) merged: the older id stays, however small it was
+    assert cluster.match_ids(np.array([[10], [90]]), np.array([3, 8]), 9).tolist() == [3]
+
+
+def test_names_go_where_most_of_their_images_went():
+    overlap = np.array([[20, 30, 0], [0, 40, 0], [0, 0, 5]])
+    old, new = np.array([3, 8, 9]), np.array([10, 3, 9])
+    # 3 and 8 merged into new 3: 8 brought more, its name wins; 9 is unchanged
+    named = cluster.carry_names(overlap, old, new, {3: "Beach", 8: "Sea", 9: "Cats"})
+    assert named == {3: "Sea", 9: "Cats"}
+    assert cluster.carry_names(overlap, old, new, {3: "Beach"}) == {3: "Beach"}
 
 
 def test_choose_k_finds_well_separated_groups():
@@ -136,6 +148,93 @@ def test_each_batch_updates_the_model_before_the_run_ends(tmp_path):
     assert unassigned == 0  # every image got a cluster as its batch arrived
 
 
+def _grow(data, k: str, groups: dict[str, tuple[np.ndarray, int]], seed: int) -> None:
+    """Add ``count`` photos around each group's centre (rows of an unmounted root, vectors as
+    the model would store them), then drain with ``k``, as a run's end does."""
+    from imgindex import organize
+    from imgindex.db import meta
+    from imgindex.db.schema import images
+    from imgindex.library import Library
+
+    rng = np.random.default_rng(seed)
+    with Library.open(data, write=True) as lib, lib.engine.begin() as conn:
+        for name, (centre, count) in groups.items():
+            x = centre + 0.1 * rng.normal(size=(count, lib.dim))
+            start = 1000 * seed
+            conn.execute(
+                images.insert(),
+                [
+                    {
+                        "host": lib.host,
+                        "path": f"{data.parent}/offline/{name}/{start + i}.jpg",
+                        "root_id": 1,
+                        "size": 1,
+                        "mtime_ns": 1,
+                        "status": "indexed",
+                        "model": lib.model,
+                        "vector": v.astype(np.float32).tobytes(),
+                        "updated_at": 0.0,
+                    }
+                    for i, v in enumerate(x)
+                ],
+            )
+        meta.set_k_setting(conn, k)
+        organize.after_drain(conn, k, lib.dim)
+
+
+def test_ids_and_names_follow_the_photos_when_k_changes_as_the_library_grows(tmp_path):
+    """Split: the id (and name) stays on the larger part; merge: the older id stays, and each
+    name goes where most of its photos went."""
+    from imgindex.library import Library
+
+    data = tmp_path / "data"
+    Library.create(data, [tmp_path / "offline"], k="2", model="thumbnail").close()
+    with Library.open(data) as lib:
+        dim = lib.dim
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(2, dim)) * 2
+    step = rng.normal(size=dim)
+    step /= np.linalg.norm(step)
+    a1, a2, b1, b2 = a + 3 * step, a - 3 * step, b + 2 * step, b - 2 * step
+
+    def by_group() -> dict[str, tuple[int, str | None]]:
+        """group -> (id, name) of the cluster holding its photos (asserting they share one)."""
+        out: dict[str, set] = {}
+        for c in cli_json(data, "clusters"):
+            for m in cli_json(data, "clusters", "show", str(c["id"]))["members"]:
+                out.setdefault(m["path"].split("/")[-2], set()).add((c["id"], c["name"]))
+        assert all(len(v) == 1 for v in out.values()), out
+        return {g: v.pop() for g, v in out.items()}
+
+    _grow(data, "2", {"a1": (a1, 60), "a2": (a2, 40), "b1": (b1, 55), "b2": (b2, 45)}, 1)
+    first = by_group()
+    id_a, id_b = first["a1"][0], first["b1"][0]
+    assert first["a2"][0] == id_a and first["b2"][0] == id_b and id_a != id_b
+    cli(data, "clusters", "name", str(id_a), "Alpha")
+    cli(data, "clusters", "name", str(id_b), "Beta")
+
+    # more photos, k = 4: each group splits; the larger part keeps the id and the name
+    _grow(data, "4", {"a1": (a1, 10), "a2": (a2, 10), "b1": (b1, 10), "b2": (b2, 10)}, 2)
+    second = by_group()
+    assert second["a1"] == (id_a, "Alpha") and second["b1"] == (id_b, "Beta")
+    assert second["a2"][0] > max(id_a, id_b) and second["b2"][0] > max(id_a, id_b)
+    assert second["a2"][1] is None
+    id_b2 = second["b2"][0]
+    cli(data, "clusters", "name", str(id_b2), "Beta two")
+
+    # b2 grows past b1 (same k: every id stays), then k = 3: b1 and b2 merge (the nearest
+    # pair). The older id stays, though most photos came from b2; b2's name wins, as most of
+    # its photos went there, more than b1's
+    _grow(data, "4", {"b2": (b2, 40)}, 3)
+    assert by_group() == second | {"b2": (id_b2, "Beta two")}
+    _grow(data, "3", {}, 4)
+    third = by_group()
+    assert third["b1"] == third["b2"] == (id_b, "Beta two")
+    assert third["a1"] == (id_a, "Alpha") and third["a2"] == second["a2"]
+    names = {c["id"]: c["name"] for c in cli_json(data, "clusters")}
+    assert id_b2 not in names and sorted(names) == sorted({id_a, id_b, second["a2"][0]})
+
+
 def test_tiny_libraries_get_sensible_clusters(tmp_path):
     photos, data = tmp_path / "photos", tmp_path / "data"
     make_photos(photos, "red", 1)
@@ -152,3 +251,82 @@ def test_tiny_libraries_get_sensible_clusters(tmp_path):
     assert lines[1].startswith("3 files: 2 embedded, 0 reused, 0 moved, 1 unchanged, 0 failed")
     sizes = sorted(c["size"] for c in cli_json(data, "clusters"))
     assert sum(sizes) == 3 and 0 not in sizes
+
+
+def test_groups_of_clusters_nest_each_theme_and_keep_ids_and_names_as_the_library_grows(tmp_path):
+    """20 clusters (10 themes of 2 scenes) form a second level: each theme's clusters in one
+    group, listed nested by `clusters --tree`, shown by `clusters show --group`; group ids and
+    names stay with their photos through a consolidation."""
+    from imgindex.library import Library
+
+    data = tmp_path / "data"
+    Library.create(data, [tmp_path / "offline"], k="20", model="thumbnail").close()
+    with Library.open(data) as lib:
+        dim = lib.dim
+    rng = np.random.default_rng(0)
+    scenes = {}
+    for t, theme in enumerate(rng.normal(size=(10, dim)) * 3):
+        step = rng.normal(size=dim)
+        scenes[f"t{t}s0"] = theme + 1.5 * step / np.linalg.norm(step)
+        scenes[f"t{t}s1"] = theme - 1.5 * step / np.linalg.norm(step)
+    _grow(data, "20", {s: (c, 20) for s, c in scenes.items()}, 1)
+
+    def themes() -> dict[str, int]:
+        """theme -> its group id (asserting each theme sits in one group, alone)."""
+        tree = cli_json(data, "clusters", "--list", "--tree")
+        out: dict[str, set] = {}
+        for g in tree:
+            for c in g["clusters"]:
+                shown = cli_json(data, "clusters", "show", str(c["id"]))["members"]
+                for m in shown:
+                    out.setdefault(m["path"].split("/")[-2][:-2], set()).add(g["id"])
+        assert all(len(v) == 1 for v in out.values()), out
+        found = {t: v.pop() for t, v in out.items()}
+        assert len(set(found.values())) == 10 and None not in found.values()
+        return found
+
+    before = themes()
+    flat = cli_json(data, "clusters")
+    assert len(flat) == 20 and all(c["group"] is not None for c in flat)
+    group = before["t3"]
+    cli(data, "clusters", "name", str(group), "Theme three", "--group")
+    shown = cli_json(data, "clusters", "show", str(group), "--group")
+    assert shown["name"] == "Theme three" and len(shown["clusters"]) == 2
+    assert {m["path"].split("/")[-2] for c in shown["clusters"] for m in c["members"]} == {
+        "t3s0",
+        "t3s1",
+    }
+    text = cli(data, "clusters", "--tree").stdout
+    assert f"group {group}: Theme three (40 images)" in text
+    # the folder view nests group/cluster/photo (the photos' files are not there: an unmounted
+    # root, so the links dangle; their names are what counts)
+    view = tmp_path / "view"
+    cli(data, "clusters", "export", view)
+    links = [p.relative_to(view) for p in view.rglob("*.jpg")]
+    assert len(links) == 400 and all(len(p.parts) == 3 for p in links)
+    in_three = {p.parts[0] for p in links if p.parent.parent.name.startswith(f"g{group}-")}
+    assert in_three == {f"g{group}-Theme-three"}
+    assert {p.parts[1] for p in links if p.parts[0] == f"g{group}-Theme-three"} == {
+        str(c["id"]) for c in shown["clusters"]
+    }
+
+    # the report: sheets in group order, each theme's two clusters side by side under their
+    # group, and one colour per group on the map
+    cli(data, "report", "-o", tmp_path / "r.html", "--thumbnails", "0")
+    html = (tmp_path / "r.html").read_text(encoding="utf-8")
+    blob = re.search(r'<script type="application/json" id="data">(.*?)</script>', html, re.S)
+    sheets = json.loads(blob.group(1))["clusters"]
+    order = [c["group"]["id"] for c in sheets]
+    assert len(order) == 20 and order == [g for g in order[::2] for _ in range(2)]
+    assert len(set(order)) == 10
+    assert (
+        len({(c["group"]["id"], c["color"]) for c in sheets})
+        == len({c["color"] for c in sheets})
+        == 10
+    )
+    assert [c["group"]["name"] for c in sheets if c["group"]["id"] == group] == ["Theme three"] * 2
+
+    _grow(data, "20", {s: (c, 5) for s, c in scenes.items()}, 2)  # +25 %: consolidated again
+    assert themes() == before
+    assert cli_json(data, "clusters", "show", str(group), "--group")["name"] == "Theme three"
+    cli(data, "clusters", "show", "999", "--group", code=1)

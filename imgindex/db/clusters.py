@@ -142,6 +142,14 @@ def set_name(conn: Connection, cluster_id: int, name: str | None) -> None:
     upsert(conn, cluster_labels, rows, key="cluster_id", update=["name"])
 
 
+def set_names(conn: Connection, names: dict[int, str]) -> None:
+    """Replace every user's name with ``names`` (``{cluster id: name}``)."""
+    conn.execute(cluster_labels.update().values(name=None))
+    rows = [{"cluster_id": cid, "name": name} for cid, name in names.items()]
+    if rows:
+        upsert(conn, cluster_labels, rows, key="cluster_id", update=["name"])
+
+
 def titles(conn: Connection) -> dict[int, dict[str, str | None]]:
     """``{cluster id: {"label", "name"}}`` for every cluster that has either."""
     rows = conn.execute(select(cluster_labels)).all()

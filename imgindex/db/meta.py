@@ -38,6 +38,7 @@ _CLUSTER_N_STEPS = "cluster_n_steps"  # MiniBatchKMeans state
 _CLUSTER_SINCE_REASSIGN = "cluster_since_reassign"
 _CLUSTER_CONSOLIDATED_AT = "cluster_consolidated_at"  # library size at the last consolidation
 _CLUSTER_NEXT_ID = "cluster_next_id"  # the next new cluster's id
+_CLUSTER_GROUPS = "cluster_groups"  # JSON: the groups of clusters (``Groups``)
 _CLUSTER_AUTO_K = "cluster_auto_k"  # JSON: the last choice of k by silhouette
 # older libraries may hold "index.flat_max" (tests wrote it); it is ignored: the IVF threshold
 # is ``VectorCache(flat_max=...)``, passed through ``Library.open``
@@ -272,6 +273,37 @@ def set_auto_k(conn: Connection, choice: AutoK) -> None:
     if choice.sample is not None:
         value["sample"] = choice.sample
     _set(conn, _CLUSTER_AUTO_K, json.dumps(value))
+
+
+@dataclass
+class Groups:
+    """The second level: ``of`` maps a cluster id to its group's id; ``titles`` a group id to
+    its ``{"label", "name"}``; ``next_id``: the next fresh group id."""
+
+    of: dict[int, int] = field(default_factory=dict)
+    titles: dict[int, dict[str, str | None]] = field(default_factory=dict)
+    next_id: int = 1
+
+
+def groups(conn: Connection) -> Groups:
+    """The groups of clusters (empty when there are none)."""
+    raw = _get(conn, _CLUSTER_GROUPS)
+    if raw is None:
+        return Groups()
+    d = json.loads(raw)
+    return Groups(
+        {int(c): int(g) for c, g in d["of"].items()},
+        {int(g): t for g, t in d["titles"].items()},
+        int(d["next_id"]),
+    )
+
+
+def set_groups(conn: Connection, value: Groups) -> None:
+    _set(
+        conn,
+        _CLUSTER_GROUPS,
+        json.dumps({"of": value.of, "titles": value.titles, "next_id": value.next_id}),
+    )
 
 
 def cluster_steps(conn: Connection) -> tuple[int, int]:

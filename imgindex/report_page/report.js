@@ -126,9 +126,15 @@
   }
 
   function sheets() {
-    var box = document.getElementById("sheets"), count = 0;
+    var box = document.getElementById("sheets"), count = 0, group = null;
     C.forEach(function (c) {
       if (c.id < 0) return;
+      if (c.group && (!group || group.id !== c.group.id)) {
+        group = c.group;
+        var g = el("h2", "group", group.name + " \u00b7 group " + group.id);
+        g.id = "group-" + group.id;
+        box.appendChild(g);
+      }
       var s = el("section", "sheet"), h = el("h3");
       s.id = "cluster-" + c.id;
       s.dataset.cluster = String(c.id);
