@@ -111,7 +111,7 @@ CRITERIA = (
     "silhouette euclid 1 init (before)",
     "silhouette cosine 3 inits",
     "centroid silhouette cosine 3 inits",
-    "the same, largest k within 3 % (chosen)",
+    "the same, largest k within 5 % (chosen)",
     "Davies-Bouldin",
     "Calinski-Harabasz",
     "BIC spherical (PCA 32)",
