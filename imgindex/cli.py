@@ -11,6 +11,8 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -242,6 +244,23 @@ def _run_pass(
 ) -> Any:
     from imgindex.ingest import Ingestor
 
+    with _indexing_bar() as (start, progress):
+        ingestor = Ingestor(
+            lib,
+            batch_size=batch_size,
+            workers=workers,
+            max_pixels=max_pixels,
+            weights=weights,
+            embedder=embedder,
+            progress=progress,
+        )
+        return ingestor.run(folders, on_start=start)
+
+
+@contextmanager
+def _indexing_bar() -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
+    """``(on_start, progress)`` for a pass: a progress bar on stderr, opened once the pass
+    knows how many files need work, closed at the end."""
     bar: Any = None
 
     def start(total: int) -> None:
@@ -249,17 +268,8 @@ def _run_pass(
         bar = typer.progressbar(length=max(total, 1), label="indexing", file=sys.stderr)
         bar.__enter__()
 
-    ingestor = Ingestor(
-        lib,
-        batch_size=batch_size,
-        workers=workers,
-        max_pixels=max_pixels,
-        weights=weights,
-        embedder=embedder,
-        progress=lambda n: bar and bar.update(n),
-    )
     try:
-        return ingestor.run(folders, on_start=start)
+        yield start, lambda n: bar and bar.update(n)
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
@@ -343,27 +353,16 @@ def _run_ray_pass(
     """``index --ray``: the pass with its files prepared and embedded on a Ray cluster."""
     from imgindex.raypass import RayIngestor, connected
 
-    with connected(address) as ray:
-        bar: Any = None
-
-        def start(total: int) -> None:
-            nonlocal bar
-            bar = typer.progressbar(length=max(total, 1), label="indexing", file=sys.stderr)
-            bar.__enter__()
-
+    with connected(address) as ray, _indexing_bar() as (start, progress):
         ingestor = RayIngestor(
             lib,
             ray,
             batch_size=batch_size,
             max_pixels=max_pixels,
             weights=weights,
-            progress=lambda n: bar and bar.update(n),
+            progress=progress,
         )
-        try:
-            report = ingestor.run(folders, on_start=start)
-        finally:
-            if bar is not None:
-                bar.__exit__(None, None, None)
+        report = ingestor.run(folders, on_start=start)
     typer.echo(
         f"ray: {report.ray['nodes']} nodes ({report.ray['nodes_used']} did work), "
         f"{report.ray['actors']} {report.ray['device']} embedding actors at most",
