@@ -38,6 +38,7 @@ from imgindex.embedwire import (
     max_body,
 )
 from imgindex.errors import ImgIndexError
+from imgindex.httpbody import read_body
 from imgindex.models import Embedder
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ def create_app(service: EmbedService, token: str | None = None) -> FastAPI:
     @app.post(EMBED_PATH)
     async def embed(request: Request) -> dict[str, Any]:
         fmt, count = _batch_head(request, spec.name, service.max_batch)
-        body = await _read_body(request, max_body(count, spec.input_size, fmt))
+        body = await read_body(request, max_body(count, spec.input_size, fmt))
         try:
             pixels = await run_in_threadpool(decode_batch, body, fmt, count, spec.input_size)
         except WireError as exc:
@@ -162,21 +163,6 @@ def _batch_head(request: Request, model: str, max_batch: int) -> tuple[str, int]
     if int(raw) > max_batch:
         raise HTTPException(413, f"a batch of {raw} images; this service takes at most {max_batch}")
     return fmt, int(raw)
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, read no further than ``limit`` bytes (413 beyond, before reading it when its
-    length says so)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise HTTPException(413, f"the request is larger than the {limit} bytes this batch may be")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(413, f"the request is larger than the {limit} bytes it may be")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def bind(host: str, port: int) -> socket.socket:

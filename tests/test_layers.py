@@ -93,6 +93,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "imgindex.watch",
             "imgindex.settings",
             "imgindex.embedserver",
+            "imgindex.httpbody",
             "imgindex.web",
             "imgindex.web.*",
         ],

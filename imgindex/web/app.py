@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse
 
 from imgindex import names
 from imgindex.errors import ImgIndexError, NotInLibrary
+from imgindex.httpbody import read_body
 from imgindex.web import thumbs
 from imgindex.web.auth import Signer, verify_password
 from imgindex.web.data import PAGE_MAX, WebLibrary
@@ -210,7 +211,7 @@ def create_app(web: WebLibrary, signer: Signer, policy: Policy) -> FastAPI:
         """``imgindex similar --json`` for an uploaded photo (the request's body, at most
         32 MiB): answered by the loaded model; kept in memory, never written."""
         _change(request, signer, policy, writes=False)
-        data = await _read_body(request, MAX_UPLOAD)
+        data = await read_body(request, MAX_UPLOAD)
         if not data:
             raise HTTPException(400, "no photo: send its bytes as the request body")
         name = names.printable(request.headers.get("x-file-name", "upload"))[:NAME_MAX]
@@ -320,17 +321,3 @@ async def _call(fn: Callable[..., Any], *args: Any) -> Any:
         raise HTTPException(404, str(exc)) from None
     except ImgIndexError as exc:
         raise HTTPException(400, names.printable(str(exc))) from None
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, read no further than ``limit`` bytes (413 beyond)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise HTTPException(413, f"the upload is larger than the {limit} bytes allowed")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(413, f"the upload is larger than the {limit} bytes allowed")
-        chunks.append(chunk)
-    return b"".join(chunks)
